@@ -1,0 +1,47 @@
+"""Packaging for pypicloud-tx."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="pypicloud-tx",
+    version="0.1.0",
+    description="A private Python package index on Twisted and Klein, compatible with pypicloud",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    package_dir={"": "src", "twisted": "twisted"},
+    packages=find_packages("src") + ["twisted.plugins"],
+    package_data={"pypicloud_tx": ["web/templates/*.html", "py.typed"]},
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "klein>=24.8",
+        "treq>=24.9",
+        "txredisapi>=1.4.10",
+        "boto3>=1.34",
+        "libpass>=1.9",
+        "jinja2>=3.1",
+        "attrs>=23.1",
+        "packaging>=24.0",
+        "sqlalchemy>=2.0",
+        "multipart>=1.2",
+        "zope.interface>=6.0",
+    ],
+    extras_require={
+        "postgresql": ["psycopg[binary]>=3.1"],
+        "mysql": ["pymysql>=1.1"],
+        "test": ["hypothesis>=6.100", "twine>=6.0", "uv>=0.5", "pip>=24.0", "psycopg[binary]>=3.1"],
+    },
+    entry_points={
+        "console_scripts": [
+            "pypicloud-tx = pypicloud_tx.scripts.cli:main",
+            "ppc-gen-password = pypicloud_tx.scripts.cli:gen_password_alias",
+            "ppc-rebuild = pypicloud_tx.scripts.cli:rebuild_alias",
+        ]
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: System :: Software Distribution",
+    ],
+)

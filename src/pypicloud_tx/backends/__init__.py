@@ -1,0 +1,1 @@
+"""Concrete storage, cache and access backends.  Each is imported only when configured."""

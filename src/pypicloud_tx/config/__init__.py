@@ -1,0 +1,1 @@
+"""Reading the INI file into a typed, frozen :class:`~pypicloud_tx.config.model.Settings`."""

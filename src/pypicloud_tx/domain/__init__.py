@@ -1,0 +1,1 @@
+"""Pure, synchronous rules: names, files, metadata, permissions.  Nothing here imports Twisted."""

@@ -1,0 +1,151 @@
+"""The seams between the services and the backends.
+
+Every method returns a :class:`~twisted.internet.defer.Deferred`.  Methods are declared without
+``self``, as zope.interface wants.  Backends translate vendor errors into
+:mod:`pypicloud_tx.errors` types: an unreachable service fails with
+:class:`~pypicloud_tx.errors.BackendUnavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import IO, TYPE_CHECKING
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from pypicloud_tx.domain.models import PackageFile, ProjectSummary
+
+#: A permission on a package.
+READ = "read"
+WRITE = "write"
+
+
+class IStorage(Interface):
+    """Where the distribution files (and their metadata records) live.  The source of truth."""
+
+    def list() -> Deferred[list[PackageFile]]:
+        """Every stored file with its recorded metadata (for cache rebuilds).
+
+        A file whose record is missing (a crash between writing the file and its record) is
+        still listed, with metadata read back from the archive itself.
+        """
+
+    def put(
+        file: PackageFile, stream: IO[bytes], core_metadata: bytes | None, overwrite: bool
+    ) -> Deferred[None]:
+        """Store ``stream``'s bytes (read from the start) as ``file``.
+
+        Atomic: a reader sees either no file or the whole file, never a partial one.  The
+        decision whether the name is free is one atomic step: with ``overwrite`` false an
+        existing file of the same name fails the Deferred with
+        :class:`~pypicloud_tx.errors.Conflict` and leaves the stored bytes untouched.
+        ``core_metadata`` (PEP 658) is stored beside the file when given.
+        """
+
+    def save_record(file: PackageFile) -> Deferred[None]:
+        """Replace the recorded metadata of a stored file (yanking changes it)."""
+
+    def open(file: PackageFile) -> Deferred[IO[bytes]]:
+        """A readable binary stream of the file; fails with NotFound if it is not stored."""
+
+    def open_metadata(file: PackageFile) -> Deferred[bytes]:
+        """The PEP 658 core-metadata bytes of the file; NotFound if there are none."""
+
+    def download_url(file: PackageFile) -> Deferred[str | None]:
+        """A URL to redirect downloads to, or ``None`` when the server must stream the file."""
+
+    def delete(file: PackageFile) -> Deferred[None]:
+        """Remove the file, its record and its metadata; deleting a missing file is not an error."""
+
+    def check_health() -> Deferred[tuple[bool, str]]:
+        """``(True, "")`` when usable, else ``(False, what is wrong)``."""
+
+
+class ICache(Interface):
+    """Metadata of every stored file, for fast reads.  Derived data: rebuildable from storage."""
+
+    def save(file: PackageFile) -> Deferred[None]:
+        """Insert or replace the record of ``file`` (keyed by filename)."""
+
+    def delete(file: PackageFile) -> Deferred[None]:
+        """Forget ``file``; forgetting an unknown file is not an error."""
+
+    def fetch(filename: str) -> Deferred[PackageFile | None]:
+        """The record of one file by filename, or ``None``."""
+
+    def all(name: str) -> Deferred[list[PackageFile]]:
+        """Every file of the project with canonical name ``name``, in no particular order."""
+
+    def distinct() -> Deferred[list[str]]:
+        """The canonical names of every project, sorted."""
+
+    def summary() -> Deferred[list[ProjectSummary]]:
+        """One :class:`ProjectSummary` per project, sorted by name."""
+
+    def search(criteria: Mapping[str, Sequence[str]], query_type: str) -> Deferred[list[PackageFile]]:
+        """Files whose ``name``/``summary`` contain the given terms (case-insensitive).
+
+        ``criteria`` maps ``"name"`` and/or ``"summary"`` to lists of terms; ``query_type`` is
+        ``"or"`` (any term of any field matches) or ``"and"`` (every field has a matching term).
+        """
+
+    def clear_all() -> Deferred[None]:
+        """Forget everything."""
+
+    def reload_from_storage(files: Sequence[PackageFile], graceful: bool) -> Deferred[None]:
+        """Make the cache hold exactly ``files`` (the output of ``IStorage.list``).
+
+        With ``graceful`` the cache stays readable throughout: new files are added, changed
+        ones replaced and vanished ones removed, never emptied first.
+        """
+
+    def check_health() -> Deferred[tuple[bool, str]]:
+        """``(True, "")`` when usable, else ``(False, what is wrong)``."""
+
+
+class IAccessBackend(Interface):
+    """Users, groups and package permissions.
+
+    Permissions are sets of ``"read"`` and ``"write"``.  Group names ``everyone`` and
+    ``authenticated`` are the two implicit groups.
+    """
+
+    default_read: Sequence[str] = Attribute("Groups that may read packages with no explicit ACL")  # type: ignore[assignment]
+    default_write: Sequence[str] = Attribute("Groups that may write packages with no explicit ACL")  # type: ignore[assignment]
+
+    def verify_user(username: str, password: str) -> Deferred[bool]:
+        """Whether ``password`` is ``username``'s (hashing runs off the reactor thread)."""
+
+    def groups(username: str | None) -> Deferred[list[str]]:
+        """The groups ``username`` belongs to, or every group when ``username`` is ``None``."""
+
+    def group_members(group: str) -> Deferred[list[str]]:
+        """The members of ``group``."""
+
+    def is_admin(username: str) -> Deferred[bool]:
+        """Whether ``username`` is an admin."""
+
+    def package_acls() -> Deferred[Mapping[str, Mapping[str, frozenset[str]]]]:
+        """Every explicit package permission: ``{package: {principal: perms}}``.
+
+        Principals are ``user:<name>``, ``group:<name>``, ``everyone`` and ``authenticated``;
+        packages are canonical names.  Packages absent from the mapping use the defaults.
+        """
+
+    def user_permissions(package: str) -> Deferred[dict[str, frozenset[str]]]:
+        """``{username: perms}`` granted explicitly on ``package``."""
+
+    def group_permissions(package: str) -> Deferred[dict[str, frozenset[str]]]:
+        """``{group: perms}`` granted explicitly on ``package``."""
+
+    def user_data(username: str | None) -> Deferred[object]:
+        """``{"username", "admin", "groups"}`` for one user, or a list of them for all users."""
+
+    def check_health() -> Deferred[tuple[bool, str]]:
+        """``(True, "")`` when usable, else ``(False, what is wrong)``."""
+
+    def dump() -> Deferred[dict[str, object]]:
+        """Everything, in pypicloud's export format (``users``, ``groups``, ``packages``, ...)."""
