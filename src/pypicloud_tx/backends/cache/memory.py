@@ -1,0 +1,86 @@
+"""An :class:`~pypicloud_tx.interfaces.ICache` in a dict, for tests and dev (``pypi.db = memory``).
+
+Everything is lost when the process stops, and processes do not share it: never use it behind a
+load balancer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from pypicloud_tx.backends.cache._reload import (
+    SummaryRow,
+    latest_per_filename,
+    matches,
+    search_terms,
+    summarize,
+)
+from pypicloud_tx.domain.models import PackageFile, ProjectSummary
+from pypicloud_tx.interfaces import ICache
+from pypicloud_tx.runtime import Runtime
+
+
+@implementer(ICache)
+@attrs.define
+class MemoryCache:
+    """Records keyed by filename, in this process's memory."""
+
+    @attrs.frozen
+    class Options:
+        """The memory cache takes no options."""
+
+    _files: dict[str, PackageFile] = attrs.field(factory=dict, alias="files")
+
+    @classmethod
+    def from_config(cls, options: MemoryCache.Options, runtime: Runtime) -> MemoryCache:
+        return cls()
+
+    def save(self, file: PackageFile) -> Deferred[None]:
+        self._files[file.filename] = file
+        return succeed(None)
+
+    def delete(self, file: PackageFile) -> Deferred[None]:
+        self._files.pop(file.filename, None)
+        return succeed(None)
+
+    def fetch(self, filename: str) -> Deferred[PackageFile | None]:
+        return succeed(self._files.get(filename))
+
+    def all(self, name: str) -> Deferred[list[PackageFile]]:
+        return succeed([f for f in self._files.values() if f.name == name])
+
+    def distinct(self) -> Deferred[list[str]]:
+        return succeed(sorted({f.name for f in self._files.values()}))
+
+    def summary(self) -> Deferred[list[ProjectSummary]]:
+        rows = (
+            SummaryRow(f.name, f.version, f.upload_time, f.summary) for f in self._files.values()
+        )
+        return succeed(summarize(rows))
+
+    def search(
+        self, criteria: Mapping[str, Sequence[str]], query_type: str
+    ) -> Deferred[list[PackageFile]]:
+        try:
+            terms = search_terms(criteria, query_type)
+        except ValueError:
+            return fail()
+        return succeed(
+            [f for f in self._files.values() if matches(f.name, f.summary, terms, query_type)]
+        )
+
+    def clear_all(self) -> Deferred[None]:
+        self._files.clear()
+        return succeed(None)
+
+    def reload_from_storage(self, files: Sequence[PackageFile], graceful: bool) -> Deferred[None]:
+        # One assignment either way: readers on the reactor thread never see a partial state.
+        self._files = latest_per_filename(files)
+        return succeed(None)
+
+    def check_health(self) -> Deferred[tuple[bool, str]]:
+        return succeed((True, ""))

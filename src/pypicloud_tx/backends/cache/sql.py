@@ -1,0 +1,438 @@
+"""An :class:`~pypicloud_tx.interfaces.ICache` in a SQL database (``pypi.db = sql``, the default).
+
+SQLAlchemy 2 Core, no ORM.  Works with SQLite (a file, or ``sqlite://`` in memory),
+PostgreSQL (psycopg 3) and MySQL/MariaDB (PyMySQL).  Every query runs on the ``db`` thread
+pool; the reactor thread never waits for the database.
+
+One table, ``ppc_files``, keyed by filename.  The full record is kept as JSON text beside the
+columns the queries need, so no field of :class:`~pypicloud_tx.domain.models.PackageFile` is
+lost and adding one needs no migration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pypicloud_tx.backends._threads import RunBlocking
+from pypicloud_tx.backends.cache._reload import (
+    SummaryRow,
+    latest_per_filename,
+    matches,
+    plan_reload,
+    record_json,
+    search_terms,
+    summarize,
+)
+from pypicloud_tx.config.options import as_str, option
+from pypicloud_tx.domain.models import PackageFile, ProjectSummary
+from pypicloud_tx.errors import BackendUnavailable, ConfigError
+from pypicloud_tx.interfaces import ICache
+from pypicloud_tx.runtime import Runtime
+
+log = Logger()
+T = TypeVar("T")
+
+#: Rows written per statement and per transaction by a graceful reload, and filenames per
+#: ``IN (...)`` list (SQLite allows a few thousand bound parameters per statement).
+BATCH_SIZE = 500
+THREADS = 10
+#: Seconds to wait for a PostgreSQL or MySQL connection unless the URL says otherwise.
+CONNECT_TIMEOUT = 10
+#: Milliseconds a SQLite writer waits for another process's lock before failing.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+# pypicloud's URLs name no driver, or one we do not install; these are the ones we support.
+_DRIVERS = {
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
+_SUPPORTED = ("sqlite", "postgresql", "mysql", "mariadb")
+_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+
+metadata = sa.MetaData()
+
+files_table = sa.Table(
+    "ppc_files",
+    metadata,
+    sa.Column("filename", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False, index=True),
+    sa.Column("version", sa.String(255), nullable=False),
+    # Naive UTC; MySQL keeps fractions of a second only when asked.
+    sa.Column(
+        "upload_time",
+        sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
+        nullable=False,
+    ),
+    sa.Column("summary", sa.Text(), nullable=False),
+    # A long description does not fit MySQL's TEXT (64 KiB).
+    sa.Column(
+        "record", sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False
+    ),
+)
+_UPDATED = ("name", "version", "upload_time", "summary", "record")
+
+
+def normalise_url(text: str) -> URL:
+    """The SQLAlchemy URL for ``text``, with pypicloud-style driverless URLs given our drivers.
+
+    ``postgres://`` and ``postgresql://`` use psycopg 3; ``mysql://`` uses PyMySQL with the
+    ``utf8mb4`` character set unless the URL names one.
+
+    :raises ConfigError: if SQLAlchemy cannot read the URL.
+    """
+    try:
+        url = make_url(text)
+    except sa_exc.ArgumentError:
+        raise ConfigError(
+            "db.url: not a database URL (examples: sqlite:///%(here)s/db.sqlite, "
+            "postgresql://user:password@host/dbname, mysql://user:password@host/dbname)"
+        ) from None
+    if url.drivername in _DRIVERS:
+        url = url.set(drivername=_DRIVERS[url.drivername])
+    if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
+        url = url.update_query_dict({"charset": "utf8mb4"})
+    return url
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers keep reading the old rows while a reload rewrites the table.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def create_engine(url: URL) -> Engine:
+    """An engine for ``url`` with the settings this cache relies on.  Connects to nothing.
+
+    :raises ConfigError: for a database other than SQLite, PostgreSQL and MySQL/MariaDB (each
+        needs its own upsert), or if the database's driver is not installed.
+    """
+    backend = url.get_backend_name()
+    if backend not in _SUPPORTED:
+        raise ConfigError(
+            f"db.url: {backend} databases are not supported "
+            "(use sqlite, postgresql or mysql/mariadb)"
+        )
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    connect_args: dict[str, Any] = {}
+    if backend == "sqlite":
+        connect_args["check_same_thread"] = False
+        if _is_memory_sqlite(url):
+            # One connection for every thread, or each would see its own empty database.
+            kwargs["poolclass"] = StaticPool
+    elif backend in ("postgresql", "mysql", "mariadb"):
+        if backend == "postgresql":
+            connect_args["client_encoding"] = "utf8"
+        if "connect_timeout" not in url.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT
+    try:
+        engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
+    except ImportError as e:
+        extra = _EXTRAS.get(backend)
+        hint = f"; install it with: pip install 'pypicloud-tx[{extra}]'" if extra else ""
+        raise ConfigError(f"db.url: the database driver is not installed ({e}){hint}") from None
+    except sa_exc.ArgumentError as e:
+        raise ConfigError(f"db.url: {e}") from None
+    if backend == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _naive_utc(when: _dt.datetime) -> _dt.datetime:
+    return when.astimezone(_dt.UTC).replace(tzinfo=None)
+
+
+def _aware_utc(when: _dt.datetime) -> _dt.datetime:
+    if when.tzinfo is None:
+        return when.replace(tzinfo=_dt.UTC)
+    return when.astimezone(_dt.UTC)
+
+
+def _row(file: PackageFile) -> dict[str, Any]:
+    return {
+        "filename": file.filename,
+        "name": file.name,
+        "version": file.version,
+        "upload_time": _naive_utc(file.upload_time),
+        "summary": file.summary,
+        "record": record_json(file),
+    }
+
+
+def _file(record: str) -> PackageFile:
+    return PackageFile.from_record(json.loads(record))
+
+
+def upsert_statement(dialect: str) -> sa.Insert:
+    """An INSERT of ``ppc_files`` rows that replaces the row of a filename already there.
+
+    One statement, so two processes saving one filename at once cannot both try to insert it.
+    """
+    if dialect in ("mysql", "mariadb"):
+        my_insert = mysql.insert(files_table)
+        return my_insert.on_duplicate_key_update({c: my_insert.inserted[c] for c in _UPDATED})
+    insert = (
+        postgresql.insert(files_table) if dialect == "postgresql" else sqlite.insert(files_table)
+    )
+    return insert.on_conflict_do_update(
+        index_elements=[files_table.c.filename],
+        set_={c: insert.excluded[c] for c in _UPDATED},
+    )
+
+
+@implementer(ICache)
+@attrs.define
+class SQLCache:
+    """File records in one SQL table.
+
+    :ivar batch_size: rows per statement in reloads and filenames per ``IN`` list.
+    """
+
+    @attrs.frozen
+    class Options:
+        url: str = option(
+            as_str,
+            doc="SQLAlchemy database URL: sqlite:///path/db.sqlite, sqlite:// (in memory), "
+            "postgresql://user:password@host/dbname, mysql://user:password@host/dbname",
+        )
+
+    _engine: Engine = attrs.field(alias="engine")
+    _run: RunBlocking = attrs.field(alias="run")
+    batch_size: int = BATCH_SIZE
+    # In-memory SQLite has one connection for all threads: take turns using it.
+    _lock: contextlib.AbstractContextManager[Any] = attrs.field(
+        alias="lock", factory=contextlib.nullcontext
+    )
+
+    @classmethod
+    def from_config(cls, options: SQLCache.Options, runtime: Runtime) -> SQLCache:
+        """Build the cache; no connection is made until :meth:`start`.
+
+        :raises ConfigError: for an unreadable URL or a missing database driver.
+        """
+        url = normalise_url(options.url)
+        lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if _is_memory_sqlite(url) else contextlib.nullcontext()
+        )
+        return cls(engine=create_engine(url), run=runtime.threads("db", THREADS), lock=lock)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Create the table and index if they do not exist."""
+        return self._run(self._blocking, self._create_tables)
+
+    def stop(self) -> Deferred[None]:
+        """Close every pooled connection."""
+        return self._run(self._engine.dispose)
+
+    def _create_tables(self, engine: Engine) -> None:
+        try:
+            metadata.create_all(engine)
+        except (sa_exc.ProgrammingError, sa_exc.IntegrityError):
+            # Another process created them between our check and our CREATE; check again.
+            metadata.create_all(engine)
+        log.info(
+            "cache database ready at {url}",
+            url=engine.url.render_as_string(hide_password=True),
+        )
+
+    # -- running blocking work ------------------------------------------------------------------
+
+    def _blocking(self, work: Callable[[Engine], T]) -> T:
+        """Run ``work`` (on a pool thread), turning an unreachable database into
+        :class:`BackendUnavailable`."""
+        with self._lock:
+            try:
+                return work(self._engine)
+            except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
+                raise self._unavailable(e) from None
+            except sa_exc.DBAPIError as e:
+                if e.connection_invalidated:
+                    raise self._unavailable(e) from None
+                raise
+            except sa_exc.TimeoutError as e:
+                raise self._unavailable(e) from None
+
+    def _unavailable(self, error: Exception) -> BackendUnavailable:
+        original = getattr(error, "orig", None) or error
+        lines = str(original).strip().splitlines()
+        reason = lines[0] if lines else type(original).__name__
+        password = self._engine.url.password
+        if password:
+            reason = reason.replace(str(password), "***")
+        # twisted.logger spells it warn(), not warning().
+        log.warn("the cache database is unreachable: {reason}", reason=reason)  # noqa: G010
+        return BackendUnavailable(f"the cache database is unreachable: {reason}")
+
+    def _transaction(self, work: Callable[[Connection], T]) -> Deferred[T]:
+        def run(engine: Engine) -> T:
+            with engine.begin() as conn:
+                return work(conn)
+
+        return self._run(self._blocking, run)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _upsert(self, conn: Connection, files: Iterable[PackageFile]) -> None:
+        rows = [_row(f) for f in files]
+        if rows:
+            conn.execute(upsert_statement(conn.dialect.name), rows)
+
+    def save(self, file: PackageFile) -> Deferred[None]:
+        return self._transaction(lambda conn: self._upsert(conn, [file]))
+
+    def delete(self, file: PackageFile) -> Deferred[None]:
+        def work(conn: Connection) -> None:
+            conn.execute(files_table.delete().where(files_table.c.filename == file.filename))
+
+        return self._transaction(work)
+
+    def clear_all(self) -> Deferred[None]:
+        def work(conn: Connection) -> None:
+            conn.execute(files_table.delete())
+
+        return self._transaction(work)
+
+    def reload_from_storage(self, files: Sequence[PackageFile], graceful: bool) -> Deferred[None]:
+        if graceful:
+            return self._run(self._blocking, lambda engine: self._reload_gracefully(engine, files))
+
+        def replace(conn: Connection) -> None:
+            # One transaction: other connections keep seeing the old rows until it commits.
+            conn.execute(files_table.delete())
+            rows = [_row(f) for f in latest_per_filename(files).values()]
+            for batch in _batches(rows, self.batch_size):
+                conn.execute(files_table.insert(), list(batch))
+
+        return self._transaction(replace)
+
+    def _reload_gracefully(self, engine: Engine, files: Sequence[PackageFile]) -> None:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(files_table.c.filename, files_table.c.record))
+            current = {filename: record for filename, record in rows}
+        write, remove = plan_reload(current, files)
+        # Small transactions: readers and writers are never held up for the whole reload.
+        for batch in _batches(write, self.batch_size):
+            with engine.begin() as conn:
+                self._upsert(conn, batch)
+        for names in _batches(remove, self.batch_size):
+            with engine.begin() as conn:
+                conn.execute(files_table.delete().where(files_table.c.filename.in_(names)))
+        changed = sum(1 for f in write if f.filename in current)
+        log.info(
+            "reloaded the cache gracefully: {added} added, {changed} replaced, {removed} removed",
+            added=len(write) - changed,
+            changed=changed,
+            removed=len(remove),
+        )
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def fetch(self, filename: str) -> Deferred[PackageFile | None]:
+        def work(conn: Connection) -> PackageFile | None:
+            record = conn.execute(
+                sa.select(files_table.c.record).where(files_table.c.filename == filename)
+            ).scalar_one_or_none()
+            return None if record is None else _file(record)
+
+        return self._transaction(work)
+
+    def all(self, name: str) -> Deferred[list[PackageFile]]:
+        def work(conn: Connection) -> list[PackageFile]:
+            records = conn.execute(
+                sa.select(files_table.c.record).where(files_table.c.name == name)
+            ).scalars()
+            return [_file(r) for r in records]
+
+        return self._transaction(work)
+
+    def distinct(self) -> Deferred[list[str]]:
+        def work(conn: Connection) -> list[str]:
+            names = conn.execute(sa.select(files_table.c.name).distinct()).scalars()
+            # Sorted here: database collations disagree about where "-" and "." go.
+            return sorted(names)
+
+        return self._transaction(work)
+
+    def summary(self) -> Deferred[list[ProjectSummary]]:
+        def work(conn: Connection) -> list[ProjectSummary]:
+            rows = conn.execute(
+                sa.select(
+                    files_table.c.name,
+                    files_table.c.version,
+                    files_table.c.upload_time,
+                    files_table.c.summary,
+                )
+            ).tuples()
+            # Versions are ordered by PEP 440, which no database knows.
+            return summarize(
+                SummaryRow(name, version, _aware_utc(when), summary)
+                for name, version, when, summary in rows
+            )
+
+        return self._transaction(work)
+
+    def search(
+        self, criteria: Mapping[str, Sequence[str]], query_type: str
+    ) -> Deferred[list[PackageFile]]:
+        def work(conn: Connection) -> list[PackageFile]:
+            terms = search_terms(criteria, query_type)
+            if not terms:
+                return []
+            # Matched here rather than with LIKE: SQLite's lower() only folds ASCII, and
+            # collations differ between databases; Python folds every script the same way.
+            candidates = conn.execute(
+                sa.select(files_table.c.filename, files_table.c.name, files_table.c.summary)
+            ).tuples()
+            found = [f for f, n, s in candidates if matches(n, s, terms, query_type)]
+            result: list[PackageFile] = []
+            for names in _batches(found, self.batch_size):
+                records = conn.execute(
+                    sa.select(files_table.c.record).where(files_table.c.filename.in_(names))
+                ).scalars()
+                result.extend(_file(r) for r in records)
+            return result
+
+        return self._transaction(work)
+
+    def check_health(self) -> Deferred[tuple[bool, str]]:
+        def work(conn: Connection) -> tuple[bool, str]:
+            conn.execute(sa.text("SELECT 1"))
+            return (True, "")
+
+        def unhealthy(failure: Any) -> tuple[bool, str]:
+            failure.trap(BackendUnavailable, sa_exc.SQLAlchemyError)
+            message = getattr(failure.value, "message", None) or str(failure.value)
+            return (False, message.strip().splitlines()[0] if message.strip() else "error")
+
+        return self._transaction(work).addErrback(unhealthy)

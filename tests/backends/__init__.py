@@ -1,0 +1,1 @@
+"""Tests of the concrete backends, each against its interface's conformance suite."""
