@@ -19,7 +19,7 @@ from pypicloud_tx.errors import InvalidUpload
 __all__ = ["DistName", "canonical", "is_canonical", "parse_filename", "sort_key", "is_prerelease"]
 
 # PEP 508 names: ASCII letters, digits, and . _ - inside.
-_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z", re.IGNORECASE)
 SDIST_SUFFIXES = (".tar.gz", ".zip")
 MAX_FILENAME = 255
 
