@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING
 
-from zope.interface import Attribute, Interface
+from zope.interface import Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -113,8 +113,6 @@ class IAccessBackend(Interface):
     ``authenticated`` are the two implicit groups.
     """
 
-    default_read: Sequence[str] = Attribute("Groups that may read packages with no explicit ACL")  # type: ignore[assignment]
-    default_write: Sequence[str] = Attribute("Groups that may write packages with no explicit ACL")  # type: ignore[assignment]
 
     def verify_user(username: str, password: str) -> Deferred[bool]:
         """Whether ``password`` is ``username``'s (hashing runs off the reactor thread)."""

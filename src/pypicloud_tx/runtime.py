@@ -21,8 +21,14 @@ class Runtime:
     reactor: Any
     threads: Callable[[str, int], RunBlocking]
     here: str = "."
+    settings: Any = None
 
     @classmethod
-    def synchronous(cls, reactor: Any = None, here: str = ".") -> Runtime:
+    def synchronous(cls, reactor: Any = None, here: str = ".", settings: Any = None) -> Runtime:
         """A runtime for tests: blocking work runs at once on the calling thread."""
-        return cls(reactor=reactor, threads=lambda name, size: run_synchronously, here=here)
+        return cls(
+            reactor=reactor,
+            threads=lambda name, size: run_synchronously,
+            here=here,
+            settings=settings,
+        )

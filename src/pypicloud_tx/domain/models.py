@@ -99,3 +99,24 @@ class Identity:
 
 
 ANONYMOUS = Identity()
+
+
+@attrs.frozen
+class Upload:
+    """An uploaded distribution, spooled to disk, with the form fields that came with it.
+
+    ``fields`` keeps repeated fields (``classifiers``, ``requires_dist``) in order.  The digests
+    are of the bytes in ``stream``, computed while spooling.
+    """
+
+    filename: str
+    stream: Any
+    size: int
+    sha256: str
+    md5: str
+    blake2b_256: str
+    fields: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+
+    def first(self, name: str, default: str | None = None) -> str | None:
+        values = self.fields.get(name)
+        return values[0] if values else default

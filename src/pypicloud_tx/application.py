@@ -1,0 +1,139 @@
+"""Building the backends and services from :class:`Settings`, and running them as a service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from pypicloud_tx.backends._threads import RunBlocking, ThreadPoolService
+from pypicloud_tx.config.model import Settings
+from pypicloud_tx.domain.policy import Policy
+from pypicloud_tx.runtime import Runtime
+from pypicloud_tx.services.auth import Authenticator
+from pypicloud_tx.services.index import IndexOptions, PackageIndex
+
+log = Logger()
+
+
+class ThreadPools(MultiService):
+    """Named thread pools, created on first use, started and stopped with the application."""
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._pools: dict[str, ThreadPoolService] = {}
+
+    def __call__(self, name: str, size: int) -> RunBlocking:
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = self._pools[name] = ThreadPoolService(self._reactor, name, size)
+            pool.setServiceParent(self)
+        return pool.run
+
+
+@attrs.frozen
+class Backends:
+    storage: Any
+    cache: Any
+    access: Any
+
+    def all(self) -> tuple[Any, ...]:
+        return (self.storage, self.cache, self.access)
+
+
+def build_backends(settings: Settings, runtime: Runtime) -> Backends:
+    """Instantiate the configured backends (no I/O yet)."""
+    built = [
+        choice.cls.from_config(choice.options, runtime)
+        for choice in (settings.storage, settings.cache, settings.access)
+    ]
+    return Backends(*built)
+
+
+def build_index(settings: Settings, backends: Backends, runtime: Runtime) -> PackageIndex:
+    return PackageIndex(
+        backends.storage,
+        backends.cache,
+        backends.access,
+        Policy(default_read=settings.default_read, default_write=settings.default_write),
+        runtime.threads("uploads", 4),
+        IndexOptions(
+            allow_overwrite=settings.allow_overwrite,
+            allow_delete=settings.allow_delete,
+            graceful_reload=settings.graceful_reload,
+        ),
+    )
+
+
+async def start_backends(backends: Backends) -> None:
+    for backend in backends.all():
+        start = getattr(backend, "start", None)
+        if start is not None:
+            await start()
+
+
+async def stop_backends(backends: Backends) -> None:
+    waits = [stop() for b in backends.all() if (stop := getattr(b, "stop", None)) is not None]
+    await DeferredList([Deferred.fromCoroutine(w) if not isinstance(w, Deferred) else w
+                        for w in waits], consumeErrors=True)
+
+
+class IndexServer(Service):
+    """Starts the backends (filling an empty cache), then listens; stops in reverse.
+
+    A backend that cannot start (its database is down, say) is logged and retried every
+    ``retry_seconds``; the server listens anyway and answers 503 until the backend is back.
+    """
+
+    def __init__(self, backends: Backends, index: PackageIndex, listen: Any, reactor: Any,
+                 retry_seconds: float = 5.0) -> None:
+        self._backends = backends
+        self._index = index
+        self._listen = listen  # () -> Deferred[IListeningPort]
+        self._reactor = reactor
+        self._retry = retry_seconds
+        self._port: Any = None
+        self._pending: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        await self._prepare()
+        try:
+            self._port = await self._listen()
+        except Exception:
+            log.failure("cannot listen; stopping")
+            self._reactor.stop()
+
+    async def _prepare(self) -> None:
+        self._pending = None
+        try:
+            await start_backends(self._backends)
+            await self._index.reload_if_needed()
+        except Exception:
+            log.failure("a backend failed to start; retrying in {seconds}s", seconds=self._retry)
+            if self.running:
+                self._pending = self._reactor.callLater(
+                    self._retry, lambda: Deferred.fromCoroutine(self._prepare())
+                )
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        if self._port is not None:
+            await self._port.stopListening()
+        await stop_backends(self._backends)
+
+
+def make_authenticator(backends: Backends, reactor: Any) -> Authenticator:
+    return Authenticator(backends.access, reactor)

@@ -1,0 +1,57 @@
+"""Choosing a backend class by short name, pypicloud dotted path, or any dotted path."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pypicloud_tx.errors import ConfigError
+
+_STORAGE = {
+    "file": "pypicloud_tx.backends.storage.files:FileStorage",
+    "memory": "pypicloud_tx.backends.storage.memory:MemoryStorage",
+}
+_CACHE = {
+    "sql": "pypicloud_tx.backends.cache.sql:SQLCache",
+    "memory": "pypicloud_tx.backends.cache.memory:MemoryCache",
+}
+_ACCESS = {
+    "config": "pypicloud_tx.backends.access.config:ConfigAccessBackend",
+}
+#: pypicloud's own class paths, so an existing server.ini keeps working.
+_PYPICLOUD = {
+    "pypicloud.storage.FileStorage": "file",
+    "pypicloud.storage.files.FileStorage": "file",
+    "pypicloud.cache.SQLCache": "sql",
+    "pypicloud.cache.sql.SQLCache": "sql",
+    "pypicloud.access.ConfigAccessBackend": "config",
+    "pypicloud.access.config.ConfigAccessBackend": "config",
+}
+
+KINDS = {"pypi.storage": _STORAGE, "pypi.db": _CACHE, "pypi.auth": _ACCESS}
+
+
+def resolve(option: str, value: str) -> tuple[str, type[Any]]:
+    """The canonical choice name and the class chosen by ``option = value``.
+
+    :raises ConfigError: when the name is unknown or the class cannot be imported.
+    """
+    table = KINDS[option]
+    choice = _PYPICLOUD.get(value, value)
+    target = table.get(choice)
+    if target is None:
+        if "." not in choice and ":" not in choice:
+            names = ", ".join(sorted(table))
+            raise ConfigError(f"{option}: unknown backend {value!r} (choose one of {names}, "
+                              "or give a dotted path to a class)")
+        target = choice
+    module_name, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{option}: cannot load {value!r}: {e}") from None
+    for needed in ("Options", "from_config"):
+        if not hasattr(cls, needed):
+            raise ConfigError(f"{option}: {value!r} is not a backend class (it has no {needed})")
+    return choice, cls

@@ -1,0 +1,77 @@
+"""Who may read or write which package: pypicloud's permission model as pure functions.
+
+Principals: ``everyone`` (any caller), ``authenticated`` (any logged-in caller),
+``user:<name>``, ``group:<name>``.  A package with explicit permissions (any user or group
+entry) follows only those; a package without any follows ``pypi.default_read`` and
+``pypi.default_write``.  Admins may do everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from pypicloud_tx.domain.models import Identity
+
+EVERYONE = "everyone"
+AUTHENTICATED = "authenticated"
+READ = "read"
+WRITE = "write"
+
+ACL = Mapping[str, frozenset[str]]
+
+
+def group_principal(group: str) -> str:
+    """The principal of a group name as written in the config (``everyone`` stays itself)."""
+    return group if group in (EVERYONE, AUTHENTICATED) else f"group:{group}"
+
+
+def principals(identity: Identity) -> frozenset[str]:
+    """Every principal the caller acts as."""
+    found = {EVERYONE}
+    if identity.username is not None:
+        found.add(AUTHENTICATED)
+        found.add(f"user:{identity.username}")
+        found.update(group_principal(g) for g in identity.groups)
+    return frozenset(found)
+
+
+@attrs.frozen
+class Policy:
+    """The permission rules with this server's defaults."""
+
+    default_read: tuple[str, ...] = (AUTHENTICATED,)
+    default_write: tuple[str, ...] = ()
+
+    def effective_acl(self, acl: ACL | None) -> ACL:
+        """The package's own ACL, or the defaults when it has none."""
+        if acl:
+            return acl
+        merged: dict[str, set[str]] = {}
+        for group in self.default_read:
+            merged.setdefault(group_principal(group), set()).add(READ)
+        for group in self.default_write:
+            merged.setdefault(group_principal(group), set()).add(WRITE)
+        return {p: frozenset(v) for p, v in merged.items()}
+
+    def permissions(self, identity: Identity, acl: ACL | None) -> frozenset[str]:
+        """The permissions ``identity`` has on a package with explicit ``acl`` (or None)."""
+        if identity.is_admin:
+            return frozenset({READ, WRITE})
+        granted: set[str] = set()
+        effective = self.effective_acl(acl)
+        for principal in principals(identity):
+            granted.update(effective.get(principal, ()))
+        return frozenset(granted)
+
+    def can(self, identity: Identity, perm: str, acl: ACL | None) -> bool:
+        return perm in self.permissions(identity, acl)
+
+    def readable(
+        self, identity: Identity, names: Iterable[str], acls: Mapping[str, ACL]
+    ) -> list[str]:
+        """The subset of ``names`` the caller may read, in order."""
+        if identity.is_admin:
+            return list(names)
+        return [n for n in names if self.can(identity, READ, acls.get(n))]

@@ -1,0 +1,1 @@
+"""The ``pypicloud-tx`` command line and pypicloud's ``ppc-*`` aliases."""

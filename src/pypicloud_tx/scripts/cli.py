@@ -1,0 +1,132 @@
+"""``pypicloud-tx <command>``: the command-line tools.
+
+Each command is also installed under pypicloud's name (``ppc-gen-password``, ``ppc-rebuild``).
+Errors go to stderr with a non-zero exit status; progress goes to stderr too, so stdout
+carries only the command's result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+
+from pypicloud_tx import __version__
+from pypicloud_tx.errors import ConfigError, PPCError
+
+
+def _gen_password(args: argparse.Namespace) -> int:
+    from pypicloud_tx.domain.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Verify: "):
+            print("error: the passwords do not match", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("error: the password is empty", file=sys.stderr)
+        return 1
+    print(hash_password(password, args.rounds))
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import react
+
+    from pypicloud_tx.config.loader import load_settings
+
+    settings = load_settings(args.config)
+    status = []
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def main(reactor: object) -> Deferred[None]:
+        async def run() -> None:
+            from pypicloud_tx.application import (
+                ThreadPools,
+                build_backends,
+                build_index,
+                start_backends,
+                stop_backends,
+            )
+            from pypicloud_tx.runtime import Runtime
+
+            pools = ThreadPools(reactor)
+            pools.startService()
+            runtime = Runtime(reactor=reactor, threads=pools, here=settings.here, settings=settings)
+            backends = build_backends(settings, runtime)
+            try:
+                await start_backends(backends)
+                index = build_index(settings, backends, runtime)
+                count = await index.rebuild(progress)
+                progress(f"cache rebuilt: {count} files")
+                status.append(0)
+            except PPCError as e:
+                print(f"error: {e.message}", file=sys.stderr)
+                status.append(1)
+            finally:
+                await stop_backends(backends)
+                await pools.stopService()
+
+        return Deferred.fromCoroutine(run())
+
+    try:
+        react(main, [])
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code) if isinstance(e.code, int) else 1
+    return status[0] if status else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="pypicloud-tx", description="pypicloud-tx tools")
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    gen = commands.add_parser(
+        "gen-password", help="hash a password for a user.<name> line of the config",
+        description="Read a password (prompted twice on a terminal, else one line of stdin) "
+        "and print its hash for a user.<name> = ... line.",
+    )
+    gen.add_argument("-r", "--rounds", type=int, default=None, help="hash rounds (auth.rounds)")
+    gen.set_defaults(func=_gen_password)
+    rebuild = commands.add_parser(
+        "rebuild", help="rebuild the cache from storage",
+        description="Read every file in storage and make the cache hold exactly those.",
+    )
+    rebuild.add_argument("config", help="the server's configuration file")
+    rebuild.set_defaults(func=_rebuild)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _alias(command: str) -> int:
+    return main([command, *sys.argv[1:]])
+
+
+def gen_password_alias() -> int:
+    """``ppc-gen-password``."""
+    return _alias("gen-password")
+
+
+def rebuild_alias() -> int:
+    """``ppc-rebuild``."""
+    return _alias("rebuild")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

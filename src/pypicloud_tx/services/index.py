@@ -1,0 +1,308 @@
+"""The package index: upload, list, download, delete and yank, with permissions applied."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
+
+import attrs
+from twisted.logger import Logger
+
+from pypicloud_tx.backends._threads import RunBlocking
+from pypicloud_tx.domain import dists
+from pypicloud_tx.domain.models import Identity, PackageFile, ProjectSummary, Upload
+from pypicloud_tx.domain.names import canonical, parse_filename, sort_key, versions_equal
+from pypicloud_tx.domain.policy import READ, WRITE, Policy
+from pypicloud_tx.errors import (
+    Conflict,
+    Forbidden,
+    InvalidUpload,
+    NotFound,
+    Unauthenticated,
+)
+from pypicloud_tx.interfaces import IAccessBackend, ICache, IStorage
+
+log = Logger()
+
+#: Form fields that describe the upload itself rather than the project.
+_PROTOCOL_FIELDS = {
+    ":action", "protocol_version", "content", "name", "version", "filetype", "pyversion",
+    "md5_digest", "sha256_digest", "blake2_256_digest", "gpg_signature", "attestations",
+    "comment",
+}
+#: Form fields that may repeat (everything else keeps its first value).
+_LIST_FIELDS = {
+    "classifiers", "requires_dist", "provides_dist", "obsoletes_dist", "requires_external",
+    "project_urls", "provides_extra", "platform", "supported_platform", "dynamic",
+    "license_file", "license_files",
+}
+
+
+@attrs.frozen
+class IndexOptions:
+    """The settings the index rules need."""
+
+    allow_overwrite: bool = False
+    allow_delete: bool = True
+    graceful_reload: bool = False
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class PackageIndex:
+    """Every package operation, as the web layer and the command line call them."""
+
+    def __init__(
+        self,
+        storage: IStorage,
+        cache: ICache,
+        access: IAccessBackend,
+        policy: Policy,
+        run_blocking: RunBlocking,
+        options: IndexOptions = IndexOptions(),
+        now: Callable[[], dt.datetime] = _now,
+    ) -> None:
+        self.storage = storage
+        self.cache = cache
+        self.access = access
+        self.policy = policy
+        self._run_blocking = run_blocking
+        self._options = options
+        self._now = now
+
+    # -- permissions ---------------------------------------------------------------------
+
+    async def _acls(self) -> Mapping[str, Mapping[str, frozenset[str]]]:
+        return await self.access.package_acls()
+
+    async def permissions(self, caller: Identity, name: str) -> frozenset[str]:
+        """What ``caller`` may do with project ``name`` (canonical)."""
+        return self.policy.permissions(caller, (await self._acls()).get(name))
+
+    async def _require(self, caller: Identity, name: str, perm: str) -> None:
+        if perm in await self.permissions(caller, name):
+            return
+        verb = "read" if perm == READ else "upload to or change"
+        if not caller.authenticated:
+            raise Unauthenticated(f"Log in to {verb} {name}.")
+        raise Forbidden(f"User {caller.username} may not {verb} {name}.")
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def project_names(self, caller: Identity) -> list[str]:
+        """Canonical names of every project the caller may read, sorted."""
+        names = await self.cache.distinct()
+        return self.policy.readable(caller, names, await self._acls())
+
+    async def project_files(self, caller: Identity, name: str) -> list[PackageFile]:
+        """The files of one project, oldest version first.
+
+        :raises NotFound: when the project has no files.
+        :raises Unauthenticated: / :raises Forbidden: when the caller may not read it.
+        """
+        files = await self.cache.all(name)
+        if not files:
+            raise NotFound(f"There is no project named {name} on this index.")
+        await self._require(caller, name, READ)
+        return sorted(files, key=lambda f: (sort_key(f.version), f.filename))
+
+    async def file(self, caller: Identity, name: str, filename: str) -> PackageFile:
+        """One file the caller may read.  ``name`` may be non-canonical."""
+        found = await self.cache.fetch(filename)
+        if found is None or found.name != canonical(name):
+            raise NotFound(f"There is no file {filename} in project {canonical(name)}.")
+        await self._require(caller, found.name, READ)
+        return found
+
+    async def open(self, file: PackageFile) -> IO[bytes]:
+        return await self.storage.open(file)
+
+    async def download_url(self, file: PackageFile) -> str | None:
+        return await self.storage.download_url(file)
+
+    async def core_metadata(self, file: PackageFile) -> bytes:
+        if file.metadata_sha256 is None:
+            raise NotFound(f"{file.filename} has no separate core metadata.")
+        return await self.storage.open_metadata(file)
+
+    async def summaries(self, caller: Identity) -> list[ProjectSummary]:
+        readable = set(await self.project_names(caller))
+        return [s for s in await self.cache.summary() if s.name in readable]
+
+    async def search(
+        self, caller: Identity, criteria: Mapping[str, Sequence[str]], query_type: str
+    ) -> list[PackageFile]:
+        """The newest matching file of each readable project."""
+        if query_type not in ("and", "or"):
+            raise InvalidUpload("The search operator must be 'and' or 'or'.")
+        found = await self.cache.search(criteria, query_type)
+        readable = set(await self.project_names(caller))
+        newest: dict[str, PackageFile] = {}
+        for f in found:
+            if f.name in readable:
+                best = newest.get(f.name)
+                if best is None or sort_key(f.version) > sort_key(best.version):
+                    newest[f.name] = f
+        return [newest[n] for n in sorted(newest)]
+
+    # -- writing -------------------------------------------------------------------------
+
+    async def upload(
+        self,
+        caller: Identity,
+        upload: Upload,
+        expect_name: str | None = None,
+        expect_filename: str | None = None,
+    ) -> PackageFile:
+        """Validate and store an upload; on any failure nothing is changed.
+
+        :raises InvalidUpload: the upload is malformed or disagrees with itself.
+        :raises Conflict: the file exists and overwriting is not allowed.
+        """
+        dist = parse_filename(upload.filename)
+        if expect_filename is not None and expect_filename != upload.filename:
+            raise InvalidUpload(
+                f"The URL names {expect_filename} but the uploaded file is {upload.filename}."
+            )
+        if expect_name is not None and canonical(expect_name) != dist.name:
+            raise InvalidUpload(f"The URL names project {expect_name} but the file is for {dist.name}.")
+        await self._require(caller, dist.name, WRITE)
+        _check_form(upload, dist.name, dist.version)
+        if not self._options.allow_overwrite and await self.cache.fetch(upload.filename):
+            raise _exists(upload.filename)
+        info = await self._run_blocking(dists.inspect_distribution, upload.stream, upload.filename)
+        dists.check_agrees(info, dist.name, dist.version)
+        file = self._package_file(caller, upload, dist.name, dist.version, info)
+        try:
+            await self.storage.put(file, upload.stream, info.core_metadata, self._options.allow_overwrite)
+        except Conflict:
+            if not await self._same_bytes_stored(file):
+                raise _exists(upload.filename) from None
+            # The same bytes were stored before (a retried upload, or one interrupted
+            # before the cache heard of it): record them and succeed.
+            stored = await self.cache.fetch(file.filename)
+            if stored is not None:
+                return stored
+        await self.cache.save(file)
+        log.info("stored {filename} for {user}", filename=file.filename, user=caller.username)
+        return file
+
+    def _package_file(
+        self, caller: Identity, upload: Upload, name: str, version: str, info: Any
+    ) -> PackageFile:
+        metadata: dict[str, Any] = {}
+        for key, values in upload.fields.items():
+            if key in _PROTOCOL_FIELDS or not values:
+                continue
+            metadata[key] = list(values) if key in _LIST_FIELDS else values[0]
+        metadata.update({k: v for k, v in info.fields.items() if v not in (None, "", [], ())})
+        core = info.core_metadata
+        return PackageFile(
+            name=name,
+            version=version,
+            filename=upload.filename,
+            size=upload.size,
+            sha256=upload.sha256,
+            md5=upload.md5,
+            blake2b_256=upload.blake2b_256,
+            upload_time=self._now(),
+            display_name=info.name or upload.first("name") or name,
+            summary=info.summary or upload.first("summary") or "",
+            requires_python=info.requires_python or upload.first("requires_python") or None,
+            metadata_sha256=hashlib.sha256(core).hexdigest() if core is not None else None,
+            uploader=caller.username,
+            metadata=metadata,
+        )
+
+    async def _same_bytes_stored(self, file: PackageFile) -> bool:
+        try:
+            stream = await self.storage.open(file)
+        except NotFound:
+            return False
+        return await self._run_blocking(_sha256_of, stream) == file.sha256
+
+    async def delete(self, caller: Identity, name: str, filename: str) -> None:
+        """Remove a file: from the cache first, so it is never listed but missing."""
+        file = await self.file(caller, name, filename)
+        await self._require(caller, file.name, WRITE)
+        if not self._options.allow_delete:
+            raise Forbidden("Deleting packages is disabled on this index (pypi.allow_delete).")
+        await self.cache.delete(file)
+        await self.storage.delete(file)
+        log.info("deleted {filename} for {user}", filename=filename, user=caller.username)
+
+    async def yank(self, caller: Identity, name: str, filename: str, reason: str | None) -> PackageFile:
+        """Yank (``reason`` a string, maybe empty) or unyank (``reason`` None) a file."""
+        file = await self.file(caller, name, filename)
+        await self._require(caller, file.name, WRITE)
+        changed = attrs.evolve(file, yanked=reason)
+        await self.storage.save_record(changed)
+        await self.cache.save(changed)
+        return changed
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    async def rebuild(self, progress: Callable[[str], None] | None = None) -> int:
+        """Make the cache hold exactly what storage holds; returns the number of files."""
+        files = await self.storage.list()
+        if progress:
+            progress(f"found {len(files)} files in storage")
+        await self.cache.reload_from_storage(files, self._options.graceful_reload)
+        return len(files)
+
+    async def reload_if_needed(self) -> bool:
+        """Rebuild the cache from storage when it is empty; whether it did."""
+        if await self.cache.distinct():
+            return False
+        count = await self.rebuild()
+        log.info("rebuilt the empty cache from storage: {count} files", count=count)
+        return True
+
+    async def health(self) -> dict[str, tuple[bool, str]]:
+        """``{"storage"|"cache"|"access": (ok, message)}``."""
+        report = {}
+        for label, backend in (("storage", self.storage), ("cache", self.cache), ("access", self.access)):
+            try:
+                report[label] = tuple(await backend.check_health())
+            except Exception as e:  # a health check must report, never raise
+                report[label] = (False, str(e) or type(e).__name__)
+        return report  # type: ignore[return-value]
+
+
+def _exists(filename: str) -> Conflict:
+    return Conflict(
+        f"File {filename} already exists on this index; files cannot be overwritten. "
+        "Upload a new version instead."
+    )
+
+
+def _check_form(upload: Upload, name: str, version: str) -> None:
+    """The form's name, version and digests agree with the file."""
+    form_name = upload.first("name")
+    if form_name and canonical(form_name) != name:
+        raise InvalidUpload(f"The form says project {form_name!r} but the file is for {name}.")
+    form_version = upload.first("version")
+    if form_version and not versions_equal(form_version, version):
+        raise InvalidUpload(f"The form says version {form_version!r} but the file is {version}.")
+    for field, actual in (
+        ("sha256_digest", upload.sha256),
+        ("blake2_256_digest", upload.blake2b_256),
+        ("md5_digest", upload.md5),
+    ):
+        expected = upload.first(field)
+        if expected and not dists.digest_matches(expected, actual):
+            raise InvalidUpload(f"The {field} sent does not match the uploaded file; it may be corrupt.")
+
+
+def _sha256_of(stream: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    try:
+        for block in iter(lambda: stream.read(1 << 16), b""):
+            digest.update(block)
+    finally:
+        stream.close()
+    return digest.hexdigest()

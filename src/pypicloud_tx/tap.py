@@ -1,0 +1,102 @@
+"""``twist pypicloud --config FILE [--listen ENDPOINT]``."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from pypicloud_tx.config.loader import load_settings
+from pypicloud_tx.errors import ConfigError
+
+DEFAULT_LISTEN = "tcp:port=6543:interface=127.0.0.1"
+
+
+class Options(usage.Options):
+    """Command-line options of the ``pypicloud`` twist plugin."""
+
+    synopsis = "--config FILE [--listen ENDPOINT]"
+    optParameters = [
+        ["config", "c", None, "The configuration file (INI, pypicloud's option names)."],
+        ["listen", "l", None,
+         "A Twisted endpoint to listen on (default: [server:main] of the config, else "
+         f"{DEFAULT_LISTEN}). Examples: tcp:8080, systemd:domain=INET:index=0, "
+         "ssl:443:privateKey=key.pem:certKey=cert.pem"],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config FILE is required (try example.conf)")
+        try:
+            self["settings"] = load_settings(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(f"{self['config']}: {e.message}") from None
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    from pypicloud_tx.application import (
+        IndexServer,
+        ThreadPools,
+        build_backends,
+        build_index,
+        make_authenticator,
+    )
+    from pypicloud_tx.runtime import Runtime
+    from pypicloud_tx.web.context import WebContext
+    from pypicloud_tx.web.root import IndexSite, build_resource
+
+    _forward_stdlib_logging()
+    settings = options["settings"]
+    root = MultiService()
+    pools = ThreadPools(reactor)
+    pools.setServiceParent(root)
+    runtime = Runtime(reactor=reactor, threads=pools, here=settings.here, settings=settings)
+    backends = build_backends(settings, runtime)
+    index = build_index(settings, backends, runtime)
+    ctx = WebContext(
+        index=index,
+        auth=make_authenticator(backends, reactor),
+        settings=settings,
+        run_blocking=pools("uploads", 4),
+        spool_dir=tempfile.gettempdir(),
+    )
+    site = IndexSite(build_resource(ctx), settings.max_upload_size, spool_dir=ctx.spool_dir)
+    endpoint = serverFromString(reactor, options["listen"] or settings.listen or DEFAULT_LISTEN)
+    IndexServer(backends, index, lambda: endpoint.listen(site), reactor).setServiceParent(root)
+    return root
+
+
+def _forward_stdlib_logging() -> None:
+    """Send warnings from libraries that use :mod:`logging` (SQLAlchemy, boto3) to twisted.logger."""
+    from twisted.logger import Logger
+
+    class _Forward(logging.Handler):
+        _log = Logger(namespace="stdlib")
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self._log.emit(
+                _LEVELS.get(record.levelno, _LEVELS[logging.WARNING]),
+                "{name}: {message}", name=record.name, message=record.getMessage(),
+            )
+
+    root = logging.getLogger()
+    if not any(type(h).__name__ == "_Forward" for h in root.handlers):
+        root.addHandler(_Forward())
+        root.setLevel(logging.WARNING)
+
+
+def _levels() -> dict[int, Any]:
+    from twisted.logger import LogLevel
+
+    return {logging.DEBUG: LogLevel.debug, logging.INFO: LogLevel.info,
+            logging.WARNING: LogLevel.warn, logging.ERROR: LogLevel.error,
+            logging.CRITICAL: LogLevel.critical}
+
+
+_LEVELS = _levels()

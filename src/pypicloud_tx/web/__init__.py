@@ -1,0 +1,1 @@
+"""The HTTP layer: parse requests, identify callers, call one service method, render."""
