@@ -5,17 +5,26 @@ from __future__ import annotations
 import re
 from typing import IO
 
-from twisted.web import resource, server, static
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from pypicloud_tx.domain.models import PackageFile
 
+log = Logger()
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def content_type(filename: str) -> bytes:
     # Never a type that invites a client or proxy to decompress a .tar.gz.
-    return b"application/zip" if filename.endswith((".whl", ".zip")) else b"application/octet-stream"
+    return (
+        b"application/zip"
+        if filename.endswith((".whl", ".zip"))
+        else b"application/octet-stream"
+    )
 
 
 def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | bool:
@@ -76,13 +85,82 @@ class FileBody(resource.Resource):
             request.setHeader(b"Content-Length", str(f.size).encode())
             return b""
         if wanted is None:
-            request.setHeader(b"Content-Length", str(f.size).encode())
-            producer = static.NoRangeStaticProducer(request, self._stream)
+            start, length = 0, f.size
         else:
             start, end = wanted
+            length = end - start + 1
             request.setResponseCode(206)
-            request.setHeader(b"Content-Range", f"bytes {start}-{end}/{f.size}".encode())
-            request.setHeader(b"Content-Length", str(end - start + 1).encode())
-            producer = static.SingleRangeStaticProducer(request, self._stream, start, end - start + 1)
-        producer.start()
+            request.setHeader(
+                b"Content-Range", f"bytes {start}-{end}/{f.size}".encode()
+            )
+        request.setHeader(b"Content-Length", str(length).encode())
+        StreamPusher(request, self._stream, start, length).start()
         return server.NOT_DONE_YET
+
+
+@implementer(IPushProducer)
+class StreamPusher:
+    """Writes ``length`` bytes of ``stream`` from ``start`` to the request, as fast as the
+    client takes them: paused when the transport's buffer is full, resumed when it drains."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(
+        self, request: IRequest, stream: IO[bytes], start: int, length: int
+    ) -> None:
+        self._request = request
+        self._stream = stream
+        self._start = start
+        self._remaining = length
+        self._paused = False
+        self._pumping = False
+        self._done = False
+
+    def start(self) -> None:
+        if self._start:
+            self._stream.seek(self._start)
+        self._request.registerProducer(self, True)
+        self._request.notifyFinish().addBoth(lambda _: self._close())
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping or self._done:
+            return
+        self._pumping = True
+        try:
+            while not self._paused and self._remaining > 0 and not self._done:
+                chunk = self._stream.read(min(self.CHUNK, self._remaining))
+                if not chunk:
+                    break
+                self._remaining -= len(chunk)
+                self._request.write(chunk)
+        finally:
+            self._pumping = False
+        if not self._paused and not self._done:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._close()
+        self._request.unregisterProducer()
+        if self._remaining > 0:
+            # The stored file is shorter than its record: never let a client mistake a
+            # partial body for the whole file.
+            log.error("stored file ended {remaining} bytes early", remaining=self._remaining)
+            self._request.loseConnection()
+            return
+        self._request.finish()
+
+    def _close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._stream.close()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self._close()
