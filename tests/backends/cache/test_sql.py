@@ -292,3 +292,31 @@ class SQLiteBehaviourTests(SynchronousSQLCase):
         self.successResultOf(cache.reload_from_storage(files, False))
         self.assertEqual(seen, [["before"]])
         self.assertEqual(self.successResultOf(reader.distinct()), ["after"])
+
+
+class OrphanedJournalTests(SynchronousTestCase):
+    """A deleted SQLite file's leftover journal does not stop the cache from starting."""
+
+    def test_start_after_database_deleted(self) -> None:
+        """With db.sqlite deleted but -wal/-shm left behind, start() makes a fresh database."""
+        import os
+
+        from pypicloud_tx.backends.cache.sql import SQLCache
+        from pypicloud_tx.runtime import Runtime
+
+        folder = self.mktemp()
+        os.makedirs(folder)
+        path = os.path.join(folder, "db.sqlite")
+        options = SQLCache.Options(url=f"sqlite:///{path}")
+        first = SQLCache.from_config(options, Runtime.synchronous())
+        self.successResultOf(first.start())
+        self.successResultOf(first.distinct())
+        os.remove(path)
+        for suffix in ("-wal", "-shm"):
+            with open(path + suffix, "wb") as f:
+                f.write(b"\0" * 64)
+        self.successResultOf(first.stop())
+        second = SQLCache.from_config(options, Runtime.synchronous())
+        self.successResultOf(second.start())
+        self.assertEqual(self.successResultOf(second.distinct()), [])
+        self.successResultOf(second.stop())

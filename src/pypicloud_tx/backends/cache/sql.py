@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -162,6 +163,25 @@ def create_engine(url: URL) -> Engine:
     return engine
 
 
+def _drop_orphaned_sqlite_journal(url: URL) -> None:
+    """Remove ``-wal``/``-shm`` files left beside a deleted SQLite database.
+
+    Deleting ``db.sqlite`` to force a rebuild is a documented way to recover; SQLite would
+    otherwise meet the old journal and fail with "disk I/O error".
+    """
+    if url.get_backend_name() != "sqlite" or _is_memory_sqlite(url):
+        return
+    path = str(url.database)
+    if os.path.exists(path):
+        return
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            os.remove(path + suffix)
+            log.info("removed {path} left behind by a deleted database", path=path + suffix)
+        except FileNotFoundError:
+            pass
+
+
 def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -256,6 +276,7 @@ class SQLCache:
         return self._run(self._engine.dispose)
 
     def _create_tables(self, engine: Engine) -> None:
+        _drop_orphaned_sqlite_journal(engine.url)
         try:
             metadata.create_all(engine)
         except (sa_exc.ProgrammingError, sa_exc.IntegrityError):
