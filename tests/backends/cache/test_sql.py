@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import socket
 import time
@@ -311,12 +312,29 @@ class OrphanedJournalTests(SynchronousTestCase):
         first = SQLCache.from_config(options, Runtime.synchronous())
         self.successResultOf(first.start())
         self.successResultOf(first.distinct())
-        os.remove(path)
+        self.successResultOf(first.save(_orphan_file()))
+        # Copy the live journal while the first cache still holds it open, as a crashed
+        # server would leave it; then delete everything and put only the journal back.
+        import shutil
+
         for suffix in ("-wal", "-shm"):
-            with open(path + suffix, "wb") as f:
-                f.write(b"\0" * 64)
+            shutil.copy(path + suffix, path + suffix + ".keep")
         self.successResultOf(first.stop())
+        for name in os.listdir(folder):
+            if not name.endswith(".keep"):
+                os.remove(os.path.join(folder, name))
+        for suffix in ("-wal", "-shm"):
+            os.rename(path + suffix + ".keep", path + suffix)
         second = SQLCache.from_config(options, Runtime.synchronous())
         self.successResultOf(second.start())
         self.assertEqual(self.successResultOf(second.distinct()), [])
         self.successResultOf(second.stop())
+
+
+def _orphan_file() -> "PackageFile":
+    from pypicloud_tx.domain.models import PackageFile
+
+    return PackageFile(
+        name="orphan", version="1.0", filename="orphan-1.0.tar.gz", size=1, sha256="0" * 64,
+        upload_time=_dt.datetime(2020, 1, 1, tzinfo=_dt.timezone.utc),
+    )
