@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from pypicloud_tx.backends._threads import RunBlocking, ThreadPoolService
@@ -17,6 +17,25 @@ from pypicloud_tx.services.auth import Authenticator
 from pypicloud_tx.services.index import IndexOptions, PackageIndex
 
 log = Logger()
+
+
+class OrderedServices(MultiService):
+    """Starts children in order and stops them in reverse, each waiting for the one after it.
+
+    Twisted's ``MultiService`` stops all children at once; the server must stop listening and
+    stop its backends (which still use the thread pools) before the pools are stopped.
+    """
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_in_reverse())
+
+    async def _stop_in_reverse(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("error while stopping {service}", service=child)
 
 
 class ThreadPools(MultiService):

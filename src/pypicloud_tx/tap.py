@@ -6,7 +6,7 @@ import logging
 import tempfile
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.python import usage
 
 from pypicloud_tx.config.loader import load_settings
@@ -42,6 +42,7 @@ def makeService(options: Options) -> IService:
 
     from pypicloud_tx.application import (
         IndexServer,
+        OrderedServices,
         ThreadPools,
         build_backends,
         build_index,
@@ -53,7 +54,7 @@ def makeService(options: Options) -> IService:
 
     _forward_stdlib_logging()
     settings = options["settings"]
-    root = MultiService()
+    root = OrderedServices()
     pools = ThreadPools(reactor)
     pools.setServiceParent(root)
     runtime = Runtime(reactor=reactor, threads=pools, here=settings.here, settings=settings)
