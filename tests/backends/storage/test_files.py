@@ -473,3 +473,41 @@ class ConcurrencyTests(TestCase):
             sorted(os.listdir(os.path.join(self.dir, "demo", "1.0"))),
             ["demo-1.0.tar.gz", "demo-1.0.tar.gz.meta", "demo-1.0.tar.gz.metadata"],
         )
+
+
+class ArchiveRecoveryTests(_FolderTestCase):
+    """A file without our record (pypicloud's folder, or a crash) is completed from its archive."""
+
+    def test_pypicloud_wheel_gets_metadata_from_archive(self) -> None:
+        """A bare wheel in pypicloud's layout is listed with its summary, Requires-Python and
+        PEP 658 metadata, and the record and ``.metadata`` are written for next time."""
+        from tests.distfactory import make_wheel
+
+        filename, data = make_wheel("My_Pkg", "2.0", summary="From the archive",
+                                    requires_python=">=3.9", requires_dist=["attrs>=20"])
+        folder = os.path.join(self.dir, "My_Pkg", "2.0")
+        os.makedirs(folder)
+        with open(os.path.join(folder, filename), "wb") as f:
+            f.write(data)
+        [found] = self.successResultOf(self.storage.list())
+        self.assertEqual(found.name, "my-pkg")
+        self.assertEqual(found.summary, "From the archive")
+        self.assertEqual(found.requires_python, ">=3.9")
+        self.assertEqual(found.sha256, hashlib.sha256(data).hexdigest())
+        self.assertEqual(list(found.metadata["requires_dist"]), ["attrs>=20"])
+        metadata = self.successResultOf(self.storage.open_metadata(found))
+        self.assertIn(b"Summary: From the archive", metadata)
+        self.assertEqual(found.metadata_sha256, hashlib.sha256(metadata).hexdigest())
+        self.assertTrue(os.path.exists(os.path.join(folder, filename + ".meta")))
+        [again] = self.successResultOf(self.storage.list())
+        self.assertEqual(again, found)
+
+    def test_unreadable_archive_still_listed(self) -> None:
+        """A file that is not a valid archive is still listed, with what the file itself says."""
+        folder = os.path.join(self.dir, "broken", "1.0")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "broken-1.0.tar.gz"), "wb") as f:
+            f.write(b"not a tarball")
+        [found] = self.successResultOf(self.storage.list())
+        self.assertEqual((found.name, found.version, found.size), ("broken", "1.0", 13))
+        self.assertIsNone(found.metadata_sha256)

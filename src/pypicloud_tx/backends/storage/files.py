@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.config.options import option
+from pypicloud_tx.domain.dists import inspect_distribution
 from pypicloud_tx.domain.models import PackageFile
 from pypicloud_tx.domain.names import (
     canonical,
@@ -356,10 +357,48 @@ class FileStorage:
             return None
         sidecar = self._read_sidecar(path + META_SUFFIX)
         try:
-            return self._record(project, version, path, filename, sidecar)
+            record = self._record(project, version, path, filename, sidecar)
         except (TypeError, ValueError, AttributeError):
             log.warn("ignoring the malformed record {path}.meta", path=path)
-            return self._record(project, version, path, filename, {})
+            sidecar = {}
+            record = self._record(project, version, path, filename, sidecar)
+        if "sha256" not in sidecar:
+            # No record of ours (a crash before it was written, or a pypicloud folder):
+            # complete it from the archive and keep it, so the next rebuild is quick.
+            record = self._complete_from_archive(path, record)
+            try:
+                self._save_record(record)
+            except (OSError, PPCError) as e:
+                log.warn("cannot save the record of {path}: {why}", path=path, why=e)
+        return record
+
+    def _complete_from_archive(self, path: str, record: PackageFile) -> PackageFile:
+        """``record`` with summary, requires-python, metadata and the PEP 658 file read from
+        the distribution itself."""
+        try:
+            with open(path, "rb") as f:
+                info = inspect_distribution(f, record.filename)
+        except InvalidUpload as e:
+            log.warn("cannot read the metadata of {path}: {why}", path=path, why=e.message)
+            return record
+        changes: dict[str, Any] = {
+            "summary": record.summary or info.summary,
+            "requires_python": record.requires_python or info.requires_python,
+            "metadata": {**info.fields, **record.metadata},
+        }
+        if info.core_metadata is not None and record.metadata_sha256 is None:
+            folder = os.path.dirname(path)
+            temps: list[str] = []
+            try:
+                temp = self._write_temp(folder, temps, info.core_metadata)
+                os.replace(temp, path + CORE_METADATA_SUFFIX)
+                changes["metadata_sha256"] = hashlib.sha256(info.core_metadata).hexdigest()
+            except OSError as e:
+                log.warn("cannot write {path}.metadata: {why}", path=path, why=e)
+            finally:
+                for temp in temps:
+                    _remove(temp)
+        return attrs.evolve(record, **changes)
 
     def _read_sidecar(self, path: str) -> dict[str, Any]:
         try:
