@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from pypicloud_tx.backends._threads import RunBlocking, ThreadPoolService
+from pypicloud_tx.backends.cache.memo import MemoizedCache
 from pypicloud_tx.config.model import Settings
 from pypicloud_tx.domain.policy import Policy
 from pypicloud_tx.runtime import Runtime
@@ -66,11 +67,11 @@ class Backends:
 
 def build_backends(settings: Settings, runtime: Runtime) -> Backends:
     """Instantiate the configured backends (no I/O yet)."""
-    built = [
+    storage, cache, access = (
         choice.cls.from_config(choice.options, runtime)
         for choice in (settings.storage, settings.cache, settings.access)
-    ]
-    return Backends(*built)
+    )
+    return Backends(storage, MemoizedCache(cache), access)
 
 
 def build_index(settings: Settings, backends: Backends, runtime: Runtime) -> PackageIndex:

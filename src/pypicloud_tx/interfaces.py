@@ -95,6 +95,12 @@ class ICache(Interface):
     def clear_all() -> Deferred[None]:
         """Forget everything."""
 
+    def version_token() -> Deferred[object | None]:
+        """A cheap value that changes whenever the contents may have changed, written by any
+        process; ``None`` when the backend cannot tell cheaply.  Lets a process keep what it
+        read in memory until the token changes (see ``backends/cache/memo.py``).
+        """
+
     def reload_from_storage(files: Sequence[PackageFile], graceful: bool) -> Deferred[None]:
         """Make the cache hold exactly ``files`` (the output of ``IStorage.list``).
 

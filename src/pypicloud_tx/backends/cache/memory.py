@@ -73,6 +73,10 @@ class MemoryCache:
             [f for f in self._files.values() if matches(f.name, f.summary, terms, query_type)]
         )
 
+    def version_token(self) -> Deferred[object | None]:
+        # Reads are already in memory: nothing to gain from memoising them.
+        return succeed(None)
+
     def clear_all(self) -> Deferred[None]:
         self._files.clear()
         return succeed(None)

@@ -25,7 +25,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -138,13 +138,17 @@ def create_engine(url: URL) -> Engine:
             f"db.url: {backend} databases are not supported "
             "(use sqlite, postgresql or mysql/mariadb)"
         )
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    # One pooled connection per worker thread, so none is opened per request.
+    kwargs: dict[str, Any] = {"pool_size": THREADS, "max_overflow": 0}
     connect_args: dict[str, Any] = {}
+    if backend != "sqlite":
+        # A network database may have restarted: test a connection before using it.
+        kwargs["pool_pre_ping"] = True
     if backend == "sqlite":
         connect_args["check_same_thread"] = False
         if _is_memory_sqlite(url):
             # One connection for every thread, or each would see its own empty database.
-            kwargs["poolclass"] = StaticPool
+            kwargs = {"poolclass": StaticPool}
     elif backend in ("postgresql", "mysql", "mariadb"):
         if backend == "postgresql":
             connect_args["client_encoding"] = "utf8"
@@ -445,6 +449,28 @@ class SQLCache:
             return result
 
         return self._transaction(work)
+
+    def version_token(self) -> Deferred[object | None]:
+        """For a SQLite file, the state of the database and its write-ahead log: every commit,
+        by any process, changes one of them.  Other databases cannot tell cheaply: ``None``."""
+        path = self._sqlite_path
+        if path is None:
+            return succeed(None)
+        token = []
+        for name in (path, path + "-wal"):
+            try:
+                st = os.stat(name)
+                token.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            except OSError:
+                token.append(None)
+        return succeed(tuple(token))
+
+    @property
+    def _sqlite_path(self) -> str | None:
+        url = self._engine.url
+        if url.get_backend_name() != "sqlite" or _is_memory_sqlite(url):
+            return None
+        return str(url.database)
 
     def check_health(self) -> Deferred[tuple[bool, str]]:
         def work(conn: Connection) -> tuple[bool, str]:
