@@ -19,6 +19,9 @@ class Options(usage.Options):
     """Command-line options of the ``pypicloud`` twist plugin."""
 
     synopsis = "--config FILE [--listen ENDPOINT]"
+    optFlags = [
+        ["access-log", None, "Log one line per request (combined log format)."],
+    ]
     optParameters = [
         ["config", "c", None, "The configuration file (INI, pypicloud's option names)."],
         ["listen", "l", None,
@@ -68,6 +71,7 @@ def makeService(options: Options) -> IService:
         spool_dir=tempfile.gettempdir(),
     )
     site = IndexSite(build_resource(ctx), settings.max_upload_size, spool_dir=ctx.spool_dir)
+    site.access_log = bool(options["access-log"])
     endpoint = serverFromString(reactor, options["listen"] or settings.listen or DEFAULT_LISTEN)
     IndexServer(backends, index, lambda: endpoint.listen(site), reactor).setServiceParent(root)
     return root
