@@ -13,6 +13,7 @@ from pypicloud_tx.backends._threads import RunBlocking, ThreadPoolService
 from pypicloud_tx.backends.cache.memo import MemoizedCache
 from pypicloud_tx.config.model import Settings
 from pypicloud_tx.domain.policy import Policy
+from pypicloud_tx.errors import PPCError
 from pypicloud_tx.runtime import Runtime
 from pypicloud_tx.services.auth import Authenticator
 from pypicloud_tx.services.index import IndexOptions, PackageIndex
@@ -118,6 +119,7 @@ class IndexServer(Service):
         self._retry = retry_seconds
         self._port: Any = None
         self._pending: Any = None
+        self.listen_failed = False
 
     def startService(self) -> None:
         super().startService()
@@ -127,8 +129,9 @@ class IndexServer(Service):
         await self._prepare()
         try:
             self._port = await self._listen()
-        except Exception:
-            log.failure("cannot listen; stopping")
+        except Exception as e:
+            log.critical("cannot listen: {error}; stopping", error=e)
+            self.listen_failed = True
             self._reactor.stop()
 
     async def _prepare(self) -> None:
@@ -136,8 +139,11 @@ class IndexServer(Service):
         try:
             await start_backends(self._backends)
             await self._index.reload_if_needed()
-        except Exception:
-            log.failure("a backend failed to start; retrying in {seconds}s", seconds=self._retry)
+        except Exception as e:
+            if isinstance(e, PPCError):
+                log.warn("{message}; retrying in {seconds}s", message=e.message, seconds=self._retry)
+            else:
+                log.failure("a backend failed to start; retrying in {seconds}s", seconds=self._retry)
             if self.running:
                 self._pending = self._reactor.callLater(
                     self._retry, lambda: Deferred.fromCoroutine(self._prepare())
