@@ -19,15 +19,19 @@ class Options(usage.Options):
     """Command-line options of the ``pypicloud`` twist plugin."""
 
     synopsis = "--config FILE [--listen ENDPOINT]"
-    optFlags = [
+    optFlags = [  # noqa: RUF012 - twisted.python.usage reads these class attributes
         ["access-log", None, "Log one line per request (combined log format)."],
     ]
-    optParameters = [
+    optParameters = [  # noqa: RUF012
         ["config", "c", None, "The configuration file (INI, pypicloud's option names)."],
-        ["listen", "l", None,
-         "A Twisted endpoint to listen on (default: [server:main] of the config, else "
-         f"{DEFAULT_LISTEN}). Examples: tcp:8080, systemd:domain=INET:index=0, "
-         "ssl:443:privateKey=key.pem:certKey=cert.pem"],
+        [
+            "listen",
+            "l",
+            None,
+            "A Twisted endpoint to listen on (default: [server:main] of the config, else "
+            f"{DEFAULT_LISTEN}). Examples: tcp:8080, systemd:domain=INET:index=0, "
+            "ssl:443:privateKey=key.pem:certKey=cert.pem",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -37,9 +41,30 @@ class Options(usage.Options):
             self["settings"] = load_settings(self["config"])
         except ConfigError as e:
             raise usage.UsageError(f"{self['config']}: {e.message}") from None
+        self["endpoint"] = self["listen"] or self["settings"].listen or DEFAULT_LISTEN
+        _check_endpoint(self["endpoint"])
+
+
+def _check_endpoint(description: str) -> None:
+    """Refuse an endpoint description Twisted cannot parse, before anything starts.
+
+    Parsing builds the endpoint without listening (against a stand-in reactor), so a typo or
+    a missing TLS key file is a usage error instead of a traceback at start-up.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        if description.startswith("systemd:") and isinstance(e, IndexError):
+            reason = "no such socket was passed by systemd (LISTEN_FDS)"
+        raise usage.UsageError(f"--listen {description}: {reason}") from None
 
 
 def makeService(options: Options) -> IService:
+    """The server: thread pools, then the backends and the listening site (started in order)."""
     from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString
 
@@ -72,13 +97,13 @@ def makeService(options: Options) -> IService:
     )
     site = IndexSite(build_resource(ctx), settings.max_upload_size, spool_dir=ctx.spool_dir)
     site.access_log = bool(options["access-log"])
-    endpoint = serverFromString(reactor, options["listen"] or settings.listen or DEFAULT_LISTEN)
+    endpoint = serverFromString(reactor, options["endpoint"])
     IndexServer(backends, index, lambda: endpoint.listen(site), reactor).setServiceParent(root)
     return root
 
 
 def _forward_stdlib_logging() -> None:
-    """Send warnings from libraries that use :mod:`logging` (SQLAlchemy, boto3) to twisted.logger."""
+    """Send warnings of libraries that use :mod:`logging` (SQLAlchemy, boto3) to twisted.logger."""
     from twisted.logger import Logger
 
     class _Forward(logging.Handler):
@@ -87,7 +112,9 @@ def _forward_stdlib_logging() -> None:
         def emit(self, record: logging.LogRecord) -> None:
             self._log.emit(
                 _LEVELS.get(record.levelno, _LEVELS[logging.WARNING]),
-                "{name}: {message}", name=record.name, message=record.getMessage(),
+                "{name}: {message}",
+                name=record.name,
+                message=record.getMessage(),
             )
 
     root = logging.getLogger()
@@ -99,9 +126,13 @@ def _forward_stdlib_logging() -> None:
 def _levels() -> dict[int, Any]:
     from twisted.logger import LogLevel
 
-    return {logging.DEBUG: LogLevel.debug, logging.INFO: LogLevel.info,
-            logging.WARNING: LogLevel.warn, logging.ERROR: LogLevel.error,
-            logging.CRITICAL: LogLevel.critical}
+    return {
+        logging.DEBUG: LogLevel.debug,
+        logging.INFO: LogLevel.info,
+        logging.WARNING: LogLevel.warn,
+        logging.ERROR: LogLevel.error,
+        logging.CRITICAL: LogLevel.critical,
+    }
 
 
 _LEVELS = _levels()

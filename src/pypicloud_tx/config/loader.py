@@ -1,9 +1,15 @@
 """INI file (pypicloud's option names) -> :class:`~pypicloud_tx.config.model.Settings`.
 
 The options live in ``[pypicloud]``, or in ``[app:main]`` of an existing pypicloud
-``server.ini``.  ``%(here)s`` is the file's folder.  ``PPC_<NAMESPACE>_<OPTION>`` environment
+``server.ini`` (or the ``[app:*]`` section whose ``use`` names pypicloud).  ``%(here)s`` is
+the file's folder, also in environment values.  ``PPC_<NAMESPACE>_<OPTION>`` environment
 variables override the file (``PPC_STORAGE_DIR`` sets ``storage.dir``,
-``PPC_PYPI_DEFAULT_READ`` sets ``pypi.default_read``).
+``PPC_PYPI_DEFAULT_READ`` sets ``pypi.default_read``, ``PPC_AUTH_LDAP_URL`` sets
+``auth.ldap.url``).
+
+Options outside our namespaces (``use``, ``pyramid.*``, ``session.*``, ``retry.*``, ...) are
+accepted silently: a pypicloud ``server.ini`` carries many.  Every error is a
+:class:`ConfigError` whose message is one line naming the option.
 """
 
 from __future__ import annotations
@@ -16,7 +22,14 @@ from typing import Any
 from twisted.logger import Logger
 
 from pypicloud_tx.config.model import AccessLists, BackendChoice, Settings
-from pypicloud_tx.config.options import as_bool, as_int, as_list, as_size, as_str, parse_options
+from pypicloud_tx.config.options import (
+    as_bool,
+    as_int,
+    as_list,
+    as_positive_size,
+    one_line,
+    parse_options,
+)
 from pypicloud_tx.config.registry import resolve
 from pypicloud_tx.domain.names import canonical, is_valid_name
 from pypicloud_tx.errors import ConfigError
@@ -25,6 +38,7 @@ log = Logger()
 
 SECTIONS = ("pypicloud", "app:main")
 ENV_PREFIX = "PPC_"
+ENV_NAMESPACES = ("pypi", "storage", "db", "auth", "session")
 #: Namespaces whose every option we check; anything else in the section is left alone
 #: (``use``, ``pyramid.*`` in a pypicloud server.ini).
 BACKEND_NAMESPACES = {"storage": "pypi.storage", "db": "pypi.db", "auth": "pypi.auth"}
@@ -35,6 +49,13 @@ def _non_negative(text: str) -> int:
     value = as_int(text)
     if value < 0:
         raise ValueError(f"{text!r} must not be negative")
+    return value
+
+
+def _realm(text: str) -> str:
+    value = text.strip()
+    if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{text!r} must be one line of printable text")
     return value
 
 
@@ -52,11 +73,11 @@ CORE: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "pypi.cache_update": ("cache_update", as_list),
     "pypi.allow_overwrite": ("allow_overwrite", as_bool),
     "pypi.allow_delete": ("allow_delete", as_bool),
-    "pypi.realm": ("realm", as_str),
+    "pypi.realm": ("realm", _realm),
     "pypi.stream_files": ("stream_files", as_bool),
     "pypi.package_max_age": ("package_max_age", _non_negative),
     "pypi.download_url": ("download_url", _url),
-    "pypi.max_upload_size": ("max_upload_size", as_size),
+    "pypi.max_upload_size": ("max_upload_size", as_positive_size),
     "db.graceful_reload": ("graceful_reload", as_bool),
 }
 #: pypicloud options this version reads but does not act on yet; a warning says so.
@@ -67,6 +88,7 @@ NOT_YET = {
     "pypi.always_show_upstream",
     "pypi.disallow_fallback",
     "pypi.fallback_timeout",
+    "pypi.use_fallback",
 }
 #: pypicloud options that have no effect here because the behaviour is always on.
 ALWAYS_ON = {"pypi.calculate_package_hashes", "pypi.use_json_scripts"}
@@ -82,7 +104,9 @@ def load_settings(path: str, environ: Mapping[str, str] | None = None) -> Settin
     path = os.path.abspath(path)
     here = os.path.dirname(path)
     parser = configparser.ConfigParser(
-        interpolation=configparser.BasicInterpolation(), defaults={"here": here}, strict=False
+        interpolation=configparser.BasicInterpolation(),
+        defaults={"here": here.replace("%", "%%")},
+        strict=False,
     )
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # names are case-sensitive
     try:
@@ -90,39 +114,87 @@ def load_settings(path: str, environ: Mapping[str, str] | None = None) -> Settin
             parser.read_file(f)
     except OSError as e:
         raise ConfigError(f"cannot read the configuration file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except configparser.Error as e:
-        raise ConfigError(f"{path}: not a valid INI file: {e}") from None
-    section = next((s for s in SECTIONS if parser.has_section(s)), None)
+        raise ConfigError(f"{path}: not a valid INI file: {one_line(e.message)}") from None
+    section = _find_section(parser)
     if section is None:
         raise ConfigError(f"{path}: no [pypicloud] (or pypicloud's [app:main]) section found")
+    raw = {k: _get(parser, section, k) for k in parser.options(section) if k != "here"}
+    for key, value in environment_overrides(environ).items():
+        value = value.replace("%(here)s", here)
+        # PPC_AUTH_LDAP_URL must replace auth.ldap.url when the file sets it.
+        flat = key.replace(".", "_")
+        raw[next((k for k in raw if k.replace(".", "_") == flat), key)] = value
+    return parse_settings(raw, here=here, listen=_server_main(parser))
+
+
+def _find_section(parser: configparser.ConfigParser) -> str | None:
+    """``[pypicloud]``, else ``[app:main]``, else an ``[app:*]`` that uses pypicloud."""
+    for section in SECTIONS:
+        if parser.has_section(section):
+            return section
+    for section in parser.sections():
+        if section.startswith("app:") and "pypicloud" in parser.get(
+            section, "use", raw=True, fallback=""
+        ):
+            return section
+    return None
+
+
+def _get(parser: configparser.ConfigParser, section: str, option: str) -> str:
     try:
-        raw = {k: v for k, v in parser.items(section) if k != "here"}
+        return parser.get(section, option)
     except configparser.InterpolationError as e:
-        raise ConfigError(f"{path}: {e.message.splitlines()[0]}") from None
-    raw.update(environment_overrides(environ))
-    listen = _server_main(parser)
-    return parse_settings(raw, here=here, listen=listen)
+        # "%(name)s" that names nothing, or a lone "%": say which option, on one line.
+        raise ConfigError(
+            f"{option}: {one_line(e.message.splitlines()[0])} (write a literal % as %%)"
+        ) from None
 
 
 def environment_overrides(environ: Mapping[str, str]) -> dict[str, str]:
-    """``PPC_PYPI_REALM=x`` -> ``{"pypi.realm": "x"}`` for our namespaces."""
+    """``PPC_PYPI_REALM=x`` -> ``{"pypi.realm": "x"}`` for our namespaces (and ``session``)."""
     found = {}
     for variable, value in environ.items():
         if not variable.startswith(ENV_PREFIX):
             continue
         namespace, _, rest = variable[len(ENV_PREFIX) :].lower().partition("_")
-        if rest and namespace in ("pypi", "storage", "db", "auth", "session"):
+        if rest and namespace in ENV_NAMESPACES:
             found[f"{namespace}.{rest}"] = value
     return found
 
 
 def _server_main(parser: configparser.ConfigParser) -> str | None:
-    """A Twisted endpoint from a pypicloud server.ini's ``[server:main]`` host and port."""
-    if not parser.has_section("server:main") or not parser.has_option("server:main", "port"):
+    """A Twisted endpoint from a pypicloud server.ini's ``[server:main]``.
+
+    waitress and paste take ``host`` and ``port``; waitress also ``listen = host:port``
+    (the first address is used).  ``*`` and ``0.0.0.0`` listen on every IPv4 interface,
+    ``::`` on every interface.
+    """
+    section = "server:main"
+    if not parser.has_section(section):
         return None
-    port = parser.get("server:main", "port").strip()
-    host = parser.get("server:main", "host", fallback="127.0.0.1").strip()
-    return f"tcp:port={port}:interface={host}"
+    if parser.has_option(section, "port"):
+        port = _get(parser, section, "port").strip()
+        host = _get(parser, section, "host").strip() if parser.has_option(section, "host") else ""
+    elif parser.has_option(section, "listen"):
+        first = (_get(parser, section, "listen").split() or [""])[0]
+        host, _, port = first.rpartition(":")
+    else:
+        return None
+    try:
+        number = int(port)
+        if not 0 <= number <= 65535:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"[server:main] port: {port!r} is not a port number") from None
+    host = host.strip("[]")
+    if host in ("", "*"):
+        host = "0.0.0.0" if host == "*" else "127.0.0.1"
+    interface = host.replace(":", "\\:")  # endpoint strings escape colons (IPv6)
+    kind = "tcp6" if ":" in host else "tcp"
+    return f"{kind}:port={number}:interface={interface}"
 
 
 def parse_settings(raw: Mapping[str, str], here: str = ".", listen: str | None = None) -> Settings:
@@ -139,7 +211,7 @@ def parse_settings(raw: Mapping[str, str], here: str = ".", listen: str | None =
             try:
                 values[field] = parse(text)
             except ValueError as e:
-                raise ConfigError(f"{key}: {e}") from None
+                raise ConfigError(f"{key}: {one_line(str(e))}") from None
         elif key in DEFAULT_BACKENDS:
             continue
         elif key in NOT_YET:
@@ -166,10 +238,11 @@ def parse_settings(raw: Mapping[str, str], here: str = ".", listen: str | None =
         choice, cls = resolve(option, raw.get(option, DEFAULT_BACKENDS[option]).strip())
         options = parse_options(cls.Options, namespace, namespaces[namespace])
         backends[namespace] = BackendChoice(choice, cls, options)
+    _warn_unknown_groups(packages, groups)
     access_lists = AccessLists(
         users=users, groups=groups, packages={k: dict(v) for k, v in packages.items()}
     )
-    return Settings(
+    settings = Settings(
         here=here,
         storage=backends["storage"],
         cache=backends["db"],
@@ -178,16 +251,38 @@ def parse_settings(raw: Mapping[str, str], here: str = ".", listen: str | None =
         listen=listen,
         **values,
     )
+    # A backend may check the rest of the settings it reads (the config access backend
+    # refuses user.* lines whose hash it could never verify).
+    for backend in backends.values():
+        check = getattr(backend.cls, "check_settings", None)
+        if check is not None:
+            check(settings)
+    return settings
+
+
+def _warn_unknown_groups(
+    packages: Mapping[str, Mapping[str, frozenset[str]]], groups: Mapping[str, tuple[str, ...]]
+) -> None:
+    for package, acl in sorted(packages.items()):
+        for principal in sorted(acl):
+            kind, _, name = principal.partition(":")
+            if kind == "group" and name not in groups:
+                log.warn(
+                    "package.{package}.group.{group} names a group without a group.{group} line",
+                    package=package,
+                    group=name,
+                )
 
 
 def _check_principal_name(key: str, name: str) -> None:
-    if not name or any(c.isspace() for c in name):
+    if not name or any(c.isspace() or ord(c) < 32 for c in name):
         raise ConfigError(f"{key}: the name after the dot must be one word")
 
 
 def _package_permission(key: str, rest: str, text: str) -> tuple[str, str, frozenset[str]]:
     """``package.<pkg>.user.<name> = rw`` -> (canonical pkg, principal, perms)."""
     package, kind, name = _split_package_key(key, rest)
+    _check_principal_name(key, name)
     perms = PERMS.get(text.strip().lower())
     if perms is None:
         raise ConfigError(f"{key}: {text.strip()!r} is not a permission (use r or rw)")
@@ -201,11 +296,17 @@ def _package_permission(key: str, rest: str, text: str) -> tuple[str, str, froze
 
 
 def _split_package_key(key: str, rest: str) -> tuple[str, str, str]:
-    # Package names may contain dots: find the last ".user." or ".group.".
-    for kind in ("user", "group"):
-        marker = f".{kind}."
-        if marker in rest:
-            package, _, name = rest.rpartition(marker)
-            if package and name and is_valid_name(package):
-                return package, kind, name
-    raise ConfigError(f"{key}: expected package.<package>.user.<name> or package.<package>.group.<name>")
+    """Split ``<pkg>.user.<name>`` / ``<pkg>.group.<name>``; package names may hold dots.
+
+    The rightmost ``.user.`` or ``.group.`` is the separator, so ``some.user.tool.group.dev``
+    is group ``dev`` on package ``some.user.tool``.
+    """
+    found = max((rest.rfind(f".{kind}."), kind) for kind in ("user", "group"))
+    at, kind = found
+    if at > 0:
+        package, name = rest[:at], rest[at + len(kind) + 2 :]
+        if name and is_valid_name(package):
+            return package, kind, name
+    raise ConfigError(
+        f"{key}: expected package.<package>.user.<name> or package.<package>.group.<name>"
+    )

@@ -57,7 +57,17 @@ def as_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[unit]
 
 
-def option(parse: Callable[[str], Any] = as_str, default: Any = attrs.NOTHING, doc: str = "") -> Any:
+def as_positive_size(text: str) -> int:
+    """:func:`as_size`, refusing zero."""
+    value = as_size(text)
+    if value <= 0:
+        raise ValueError(f"{text.strip()!r} must be more than zero")
+    return value
+
+
+def option(
+    parse: Callable[[str], Any] = as_str, default: Any = attrs.NOTHING, doc: str = ""
+) -> Any:
     """An attrs field for a configuration option parsed by ``parse``; no default = required."""
     return attrs.field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -71,17 +81,28 @@ def parse_options(cls: type[C], namespace: str, raw: Mapping[str, str]) -> C:
     :raises ConfigError: naming the first unknown, missing or malformed option.
     """
     fields = {f.name.replace("__", "."): f for f in attrs.fields(cls)}  # type: ignore[arg-type]
+    # PPC_AUTH_LDAP_URL arrives as "ldap_url": environment variables cannot say where dots were.
+    underscored = {k.replace(".", "_"): k for k in fields}
+    given: dict[str, str] = {}
     for key in sorted(raw):
-        if key not in fields:
+        name = key if key in fields else underscored.get(key)
+        if name is None:
             known = ", ".join(f"{namespace}.{k}" for k in sorted(fields)) or "none"
             raise ConfigError(f"{namespace}.{key}: unknown option (known options here: {known})")
+        if name not in given or key == name:
+            given[name] = raw[key]
     values: dict[str, Any] = {}
     for key, field in fields.items():
-        if key in raw:
+        if key in given:
             try:
-                values[field.name] = field.metadata.get("parse", as_str)(raw[key])
+                values[field.name] = field.metadata.get("parse", as_str)(given[key])
             except ValueError as e:
-                raise ConfigError(f"{namespace}.{key}: {e}") from None
+                raise ConfigError(f"{namespace}.{key}: {one_line(str(e))}") from None
         elif field.default is attrs.NOTHING:
             raise ConfigError(f"{namespace}.{key}: required option is missing")
     return cls(**values)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks folded, for an error message that must stay one line."""
+    return " ".join(text.split()) if "\n" in text or "\r" in text else text

@@ -42,15 +42,29 @@ def resolve(option: str, value: str) -> tuple[str, type[Any]]:
     if target is None:
         if "." not in choice and ":" not in choice:
             names = ", ".join(sorted(table))
-            raise ConfigError(f"{option}: unknown backend {value!r} (choose one of {names}, "
-                              "or give a dotted path to a class)")
+            raise ConfigError(
+                f"{option}: unknown backend {value!r} (choose one of {names}, "
+                "or give a dotted path to a class)"
+            )
         target = choice
     module_name, _, attr = target.partition(":") if ":" in target else target.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"{option}: {value!r} is not a dotted path to a class (module.Class)")
     try:
         module = importlib.import_module(module_name)
-        cls = getattr(module, attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"{option}: cannot load {value!r}: {e}") from None
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"{option}: cannot load {value!r}: no module named {e.name!r}") from None
+    except Exception as e:  # a module that fails to import must still give one clear line
+        reason = (str(e).splitlines() or [""])[0]
+        raise ConfigError(
+            f"{option}: cannot load {value!r}: importing {module_name} failed with "
+            f"{type(e).__name__}: {reason}"
+        ) from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ConfigError(f"{option}: cannot load {value!r}: {module_name} has no {attr!r}")
+    if not isinstance(cls, type):
+        raise ConfigError(f"{option}: {value!r} is not a class")
     for needed in ("Options", "from_config"):
         if not hasattr(cls, needed):
             raise ConfigError(f"{option}: {value!r} is not a backend class (it has no {needed})")

@@ -11,6 +11,7 @@ import argparse
 import getpass
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pypicloud_tx import __version__
 from pypicloud_tx.errors import ConfigError, PPCError
@@ -35,7 +36,7 @@ def _gen_password(args: argparse.Namespace) -> int:
 
 def _rebuild(args: argparse.Namespace) -> int:
     from twisted.internet.defer import Deferred
-    from twisted.internet.task import react
+    from twisted.internet.task import LoopingCall, react
 
     from pypicloud_tx.config.loader import load_settings
 
@@ -45,7 +46,15 @@ def _rebuild(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    def main(reactor: object) -> Deferred[None]:
+    def main(reactor: Any) -> Deferred[None]:
+        started = reactor.seconds()
+        step = ["reading storage"]
+
+        def still_working() -> None:
+            elapsed = reactor.seconds() - started
+            if elapsed >= args.progress_every:
+                progress(f"... still {step[0]} ({elapsed:.1f}s)")
+
         async def run() -> None:
             from pypicloud_tx.application import (
                 ThreadPools,
@@ -59,17 +68,29 @@ def _rebuild(args: argparse.Namespace) -> int:
             pools = ThreadPools(reactor)
             pools.startService()
             runtime = Runtime(reactor=reactor, threads=pools, here=settings.here, settings=settings)
+            ticker = LoopingCall(still_working)
+            ticker.clock = reactor
             backends = build_backends(settings, runtime)
             try:
                 await start_backends(backends)
                 index = build_index(settings, backends, runtime)
-                count = await index.rebuild(progress)
-                progress(f"cache rebuilt: {count} files")
+                ticker.start(args.progress_every, now=False)
+
+                def report(message: str) -> None:
+                    progress(message)
+                    step[0] = "writing the cache"
+
+                progress(f"reading storage ({settings.storage.name})")
+                count = await index.rebuild(report)
+                elapsed = reactor.seconds() - started
+                progress(f"cache rebuilt: {count} files in {elapsed:.1f}s")
                 status.append(0)
             except PPCError as e:
                 print(f"error: {e.message}", file=sys.stderr)
                 status.append(1)
             finally:
+                if ticker.running:
+                    ticker.stop()
                 await stop_backends(backends)
                 await pools.stopService()
 
@@ -83,22 +104,58 @@ def _rebuild(args: argparse.Namespace) -> int:
     return status[0] if status else 1
 
 
+def _rounds(text: str) -> int:
+    from pypicloud_tx.domain.passwords import check_rounds
+
+    try:
+        return check_rounds(int(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            str(e) if text.strip().lstrip("-").isdigit() else f"{text!r} is not a whole number"
+        ) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="pypicloud-tx", description="pypicloud-tx tools")
     top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     gen = commands.add_parser(
-        "gen-password", help="hash a password for a user.<name> line of the config",
+        "gen-password",
+        help="hash a password for a user.<name> line of the config",
         description="Read a password (prompted twice on a terminal, else one line of stdin) "
         "and print its hash for a user.<name> = ... line.",
     )
-    gen.add_argument("-r", "--rounds", type=int, default=None, help="hash rounds (auth.rounds)")
+    gen.add_argument(
+        "-r",
+        "--rounds",
+        type=_rounds,
+        default=None,
+        help="hash rounds, as auth.rounds (default: passlib's, 656000)",
+    )
     gen.set_defaults(func=_gen_password)
     rebuild = commands.add_parser(
-        "rebuild", help="rebuild the cache from storage",
+        "rebuild",
+        help="rebuild the cache from storage",
         description="Read every file in storage and make the cache hold exactly those.",
     )
     rebuild.add_argument("config", help="the server's configuration file")
+    rebuild.add_argument(
+        "--progress-every",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often to say the rebuild is still running (default 5)",
+    )
     rebuild.set_defaults(func=_rebuild)
     return top
 

@@ -12,11 +12,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pypicloud_tx.domain.models import ANONYMOUS, Identity
 from pypicloud_tx.errors import TooManyAttempts, Unauthenticated
@@ -33,13 +36,29 @@ class _Window:
         self.seconds = seconds
         self._max_keys = max_keys
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
+        self._pending: Counter[str] = Counter()
 
     def blocked_for(self, key: str, now: float) -> float:
-        """Seconds until ``key`` may try again (0 when it may now)."""
+        """Seconds until ``key`` may try again (0 when it may now).
+
+        Checks still running count against the limit, so that many simultaneous guesses
+        cannot all slip through before the first of them has failed.
+        """
         times = [t for t in self._failures.get(key, ()) if now - t < self.seconds]
-        if len(times) < self.limit:
-            return 0.0
-        return self.seconds - (now - times[-self.limit])
+        if len(times) >= self.limit:
+            return self.seconds - (now - times[-self.limit])
+        if len(times) + self._pending[key] >= self.limit:
+            return 1.0
+        return 0.0
+
+    def start(self, key: str) -> None:
+        """A check for ``key`` has begun; call :meth:`finish` when it ends."""
+        self._pending[key] += 1
+
+    def finish(self, key: str) -> None:
+        self._pending[key] -= 1
+        if self._pending[key] <= 0:
+            del self._pending[key]
 
     def record(self, key: str, now: float) -> None:
         times = [t for t in self._failures.pop(key, []) if now - t < self.seconds]
@@ -53,7 +72,13 @@ class _Window:
 
 
 class Authenticator:
-    """Turns an ``Authorization`` header into an :class:`Identity`."""
+    """Turns an ``Authorization`` header into an :class:`Identity`.
+
+    :param remember_seconds: how long a successful check is remembered.
+    :param max_failures: failed logins per user within ``failure_window`` seconds before
+        further attempts are refused with :class:`TooManyAttempts` (five times as many per
+        address, since many users may share one address).
+    """
 
     def __init__(
         self,
@@ -70,11 +95,21 @@ class Authenticator:
         self._max_remembered = max_remembered
         self._key = os.urandom(32)
         self._verified: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
+        self._checking: dict[bytes, list[Deferred[Identity]]] = {}
         self._by_user = _Window(max_failures, failure_window)
         self._by_address = _Window(max_failures * 5, failure_window)
 
+    def _fingerprint(self, username: str, password: str) -> bytes:
+        """A keyed hash of the credentials; the length prefix keeps ``a`` + ``:b`` apart
+        from ``a:`` + ``b``."""
+        user = username.encode("utf-8", "surrogatepass")
+        message = str(len(user)).encode() + b":" + user + password.encode("utf-8", "surrogatepass")
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
     async def identify(self, authorization: bytes | None, address: str) -> Identity:
         """The caller's identity; anonymous without credentials.
+
+        Simultaneous requests with the same credentials share one password check.
 
         :raises Unauthenticated: for wrong credentials.
         :raises TooManyAttempts: after too many recent failures for this user or address.
@@ -83,18 +118,49 @@ class Authenticator:
         if credentials is None:
             return ANONYMOUS
         username, password = credentials
+        fingerprint = self._fingerprint(username, password)
         now = self._clock.seconds()
-        fingerprint = hmac.new(
-            self._key, username.encode() + b"\0" + password.encode(), hashlib.sha256
-        ).digest()
         remembered = self._verified.get(fingerprint)
-        if remembered is not None and remembered[1] > now:
-            return remembered[0]
-        wait = max(self._by_user.blocked_for(username, now), self._by_address.blocked_for(address, now))
+        if remembered is not None:
+            if remembered[1] > now:
+                return remembered[0]
+            del self._verified[fingerprint]
+        waiting = self._checking.get(fingerprint)
+        if waiting is not None:
+            result: Deferred[Identity] = Deferred()
+            waiting.append(result)
+            return await result
+        wait = max(
+            self._by_user.blocked_for(username, now), self._by_address.blocked_for(address, now)
+        )
         if wait > 0:
             raise TooManyAttempts(
-                "Too many failed logins; wait before trying again.", retry_after=int(wait) + 1
+                "Too many failed logins; wait before trying again.", retry_after=math.ceil(wait)
             )
+        waiters: list[Deferred[Identity]] = []
+        self._checking[fingerprint] = waiters
+        self._by_user.start(username)
+        self._by_address.start(address)
+        try:
+            identity = await self._check(username, password, address)
+        except BaseException:
+            failure = Failure()
+            for waiter in waiters:
+                waiter.errback(failure)
+            raise
+        else:
+            self._verified[fingerprint] = (identity, self._clock.seconds() + self._remember)
+            while len(self._verified) > self._max_remembered:
+                self._verified.popitem(last=False)
+            for waiter in waiters:
+                waiter.callback(identity)
+            return identity
+        finally:
+            del self._checking[fingerprint]
+            self._by_user.finish(username)
+            self._by_address.finish(address)
+
+    async def _check(self, username: str, password: str, address: str) -> Identity:
         if not await self._access.verify_user(username, password):
             now = self._clock.seconds()
             self._by_user.record(username, now)
@@ -102,15 +168,11 @@ class Authenticator:
             log.info("failed login for {user} from {address}", user=username, address=address)
             raise Unauthenticated("Invalid username or password.")
         self._by_user.forget(username)
-        identity = Identity(
+        return Identity(
             username=username,
             groups=frozenset(await self._access.groups(username)),
             is_admin=await self._access.is_admin(username),
         )
-        self._verified[fingerprint] = (identity, self._clock.seconds() + self._remember)
-        while len(self._verified) > self._max_remembered:
-            self._verified.popitem(last=False)
-        return identity
 
 
 def parse_basic(header: bytes | None) -> tuple[str, str] | None:

@@ -1,0 +1,1 @@
+"""Tests of the configuration loader, option parsing and backend registry."""

@@ -1,0 +1,1 @@
+"""Tests of the service layer (``pypicloud_tx.services``)."""
