@@ -88,6 +88,36 @@ class Index:
             self.resource, self.settings.max_upload_size, reactor=agent._memoryReactor
         )
 
+    def raw_http(self, data: bytes) -> bytes:
+        """Feed raw bytes to a fresh connection of the real :class:`IndexSite`; what it wrote.
+
+        For what ``StubTreq`` cannot send: chunked bodies, headers without their body.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        site = IndexSite(self.resource, self.settings.max_upload_size, reactor=self.clock)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(data)
+        return transport.value()
+
+    def wire(self, method: str, path: str,
+             headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, list[str]], bytes]:
+        """One request as raw HTTP; ``(status, headers by lower-case name, body)`` exactly as
+        sent on the wire (the HTTP client hides Content-Length and adds Content-Encoding)."""
+        lines = [f"{method} {path} HTTP/1.1", "Host: index.test", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        answer = self.raw_http(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        found: dict[str, list[str]] = {}
+        for line in header_lines:
+            key, _, value = line.partition(":")
+            found.setdefault(key.strip().lower(), []).append(value.strip())
+        return int(status_line.split()[1]), found, body
+
     @property
     def storage(self) -> Any:
         return self.backends.storage
@@ -156,4 +186,49 @@ class RouteTestCase(SynchronousTestCase):
 
 
 def utc(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=dt.timezone.utc)
+    return dt.datetime(*args, tzinfo=dt.UTC)
+
+
+def snapshot(ix: Index) -> tuple[list[tuple[str, str]], list[str], list[tuple[str, str]]]:
+    """What storage and cache hold: ``(storage (filename, sha256), cache names, cache files)``.
+
+    Compare one taken before a refused request with one taken after to show nothing changed.
+    """
+    stored_files = sorted((f.filename, f.sha256) for f in _fired(ix.storage.list()))
+    names = list(_fired(ix.cache.distinct()))
+    cached: list[tuple[str, str]] = []
+    for name in names:
+        cached.extend((f.filename, f.sha256) for f in _fired(ix.cache.all(name)))
+    return stored_files, names, sorted(cached)
+
+
+def _fired(d: Any) -> Any:
+    """The result of an already-fired Deferred (memory backends answer at once)."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]
+
+
+def wheel_metadata(data: bytes) -> bytes:
+    """The ``*.dist-info/METADATA`` member of a wheel."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        (member,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        return archive.read(member)
+
+
+#: The Accept header pip sends (pip/_internal/index/collector.py).
+PIP_ACCEPT = (
+    b"application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
+    b"text/html; q=0.01"
+)
+#: The Accept header uv sends (crates/uv-client/src/registry_client.rs).
+UV_ACCEPT = (
+    b"application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
+    b"text/html;q=0.01"
+)

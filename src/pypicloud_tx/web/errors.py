@@ -7,6 +7,7 @@ import json
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from pypicloud_tx import errors
 
@@ -22,6 +23,12 @@ STATUS: dict[type[errors.PPCError], int] = {
     errors.TooManyAttempts: 429,
     errors.BackendUnavailable: 503,
     errors.ConfigError: 500,
+}
+
+
+_ROUTING_MESSAGES = {
+    404: "Nothing here; the index is at /simple/ and the API at /api/package/.",
+    405: "This URL does not accept that method.",
 }
 
 
@@ -62,6 +69,12 @@ def failure_to_response(request: IRequest, failure: Failure, realm: str) -> byte
             if isinstance(error, errors.BackendUnavailable):
                 log.warn("backend unavailable: {message}", message=error.message)
             return render_error(request, status, error.message, realm)
+    if isinstance(error, HTTPException) and error.code is not None and error.code < 500:
+        # Klein's routing: no route (404), wrong method (405), and the like.
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            request.setHeader(b"Allow", ", ".join(error.valid_methods).encode())
+        message = _ROUTING_MESSAGES.get(error.code, error.name)
+        return render_error(request, error.code, message, realm)
     log.failure("unexpected error answering {method} {path}", failure,
                 method=request.method, path=request.path)
     return render_error(request, 500, "Internal server error; the server log has the details.", realm)
