@@ -25,7 +25,7 @@ from pypicloud_tx.backends.cache.sql import (
 from pypicloud_tx.errors import BackendUnavailable, ConfigError
 from pypicloud_tx.interfaces import ICache
 from pypicloud_tx.runtime import Runtime
-from tests.services import require_service
+from tests.realservices import require_service
 
 from .conformance import ICacheConformance, every_field, make_file
 

@@ -511,3 +511,18 @@ class ArchiveRecoveryTests(_FolderTestCase):
         [found] = self.successResultOf(self.storage.list())
         self.assertEqual((found.name, found.version, found.size), ("broken", "1.0", 13))
         self.assertIsNone(found.metadata_sha256)
+
+
+class MissingRootTests(_FolderTestCase):
+    """A storage folder that went away is reported, never silently recreated."""
+
+    def test_put_refused_when_root_missing(self) -> None:
+        """With ``storage.dir`` renamed away, put fails with BackendUnavailable and creates
+        nothing; once it is back, put works again."""
+        moved = self.dir + ".away"
+        os.rename(self.dir, moved)
+        file = package_file(b"data", name="gone", version="1.0")
+        self.failureResultOf(self.put(file, b"data"), BackendUnavailable)
+        self.assertFalse(os.path.exists(self.dir))
+        os.rename(moved, self.dir)
+        self.successResultOf(self.put(file, b"data"))

@@ -289,6 +289,10 @@ class FileStorage:
     def _new_temp(self, directory: str, temps: list[str]) -> IO[bytes]:
         """A new, empty temp file in ``directory`` (created if needed), remembered in ``temps``."""
         for attempt in range(3):
+            if not os.path.isdir(self.directory):
+                # An unmounted disk or a moved folder: never write into a fresh empty one,
+                # or the cache would list files the real folder does not hold.
+                raise BackendUnavailable(f"The package folder {self.directory} does not exist.")
             os.makedirs(directory, exist_ok=True)
             path = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
             try:
