@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -92,8 +93,10 @@ def _version_text(filename: str, normalised: str) -> str:
     return stem.split("-")[1]
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_version(text: str) -> Version | None:
-    """A :class:`Version`, or ``None`` for a version PEP 440 cannot read."""
+    """A :class:`Version`, or ``None`` for a version PEP 440 cannot read (memoised: the same
+    few thousand versions are sorted on every project page)."""
     try:
         return Version(text)
     except InvalidVersion:

@@ -71,7 +71,14 @@ class Policy:
     def readable(
         self, identity: Identity, names: Iterable[str], acls: Mapping[str, ACL]
     ) -> list[str]:
-        """The subset of ``names`` the caller may read, in order."""
-        if identity.is_admin:
-            return list(names)
-        return [n for n in names if self.can(identity, READ, acls.get(n))]
+        """The subset of ``names`` the caller may read, in order.
+
+        When the caller may read every name, ``names`` itself is returned (not a copy), so
+        callers can recognise an unchanged listing by identity.
+        """
+        by_default = self.can(identity, READ, None)
+        if identity.is_admin or (by_default and not acls):
+            return names if isinstance(names, list) else list(names)
+        return [
+            n for n in names if (by_default if n not in acls else self.can(identity, READ, acls[n]))
+        ]

@@ -40,6 +40,9 @@ _LIST_FIELDS = {
 }
 
 
+_MAX_ORDERED = 50_000
+
+
 @attrs.frozen
 class IndexOptions:
     """The settings the index rules need."""
@@ -73,6 +76,7 @@ class PackageIndex:
         self._run_blocking = run_blocking
         self._options = options
         self._now = now
+        self._ordered: dict[str, tuple[list[PackageFile], list[PackageFile]]] = {}
 
     # -- permissions ---------------------------------------------------------------------
 
@@ -99,7 +103,8 @@ class PackageIndex:
         return self.policy.readable(caller, names, await self._acls())
 
     async def project_files(self, caller: Identity, name: str) -> list[PackageFile]:
-        """The files of one project, oldest version first.
+        """The files of one project, oldest version first (a list the caller must not change:
+        while nothing changes, every caller gets the same one).
 
         :raises NotFound: when the project has no files.
         :raises Unauthenticated: / :raises Forbidden: when the caller may not read it.
@@ -108,7 +113,16 @@ class PackageIndex:
         if not files:
             raise NotFound(f"There is no project named {name} on this index.")
         await self._require(caller, name, READ)
-        return sorted(files, key=lambda f: (sort_key(f.version), f.filename))
+        # A memoising cache hands back the very same list until something changes: keep its
+        # ordered copy, so a page is sorted once per change, not once per request.
+        known = self._ordered.get(name)
+        if known is not None and known[0] is files:
+            return known[1]
+        ordered = sorted(files, key=lambda f: (sort_key(f.version), f.filename))
+        if len(self._ordered) >= _MAX_ORDERED:
+            self._ordered.clear()
+        self._ordered[name] = (files, ordered)
+        return ordered
 
     async def file(self, caller: Identity, name: str, filename: str) -> PackageFile:
         """One file the caller may read.  ``name`` may be non-canonical."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from html import escape
 from typing import Any
 
@@ -67,6 +67,31 @@ def negotiate(accept: str | None, format_override: str | None = None) -> tuple[s
         if best is None or rank > best:
             best, chosen = rank, offer
     return chosen
+
+
+class PageMemo:
+    """Rendered pages and their ETags, kept while their source is the very same object.
+
+    The services hand back the same list for a project until the cache changes, so a page is
+    rendered once per change rather than once per request.  The memo holds the source, so
+    its identity cannot be reused by another object while the entry lives.
+    """
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self._max = max_entries
+        self._pages: dict[Hashable, tuple[object, bytes, str]] = {}
+
+    def get(self, key: Hashable, source: object, render: Callable[[], bytes]) -> tuple[bytes, str]:
+        """``(body, etag)`` for ``key``, rendered again only when ``source`` changed."""
+        hit = self._pages.get(key)
+        if hit is not None and hit[0] is source:
+            return hit[1], hit[2]
+        body = render()
+        tag = etag(body)
+        if len(self._pages) >= self._max:
+            self._pages.clear()
+        self._pages[key] = (source, body, tag)
+        return body, tag
 
 
 def etag(body: bytes) -> str:

@@ -55,7 +55,11 @@ def parse_xmlrpc(body: bytes) -> tuple[tuple[Any, ...], str | None]:
 def add_simple_routes(app: Klein, ctx: WebContext) -> None:
     """Register ``/simple/``, ``/pypi/``, ``/legacy/``, ``/`` (POST) and ``/RPC2``."""
 
-    def negotiated(request: IRequest, kind_body: dict[str, Any]) -> bytes:
+    pages = rendering.PageMemo()
+
+    def negotiated(
+        request: IRequest, key: str, source: object, kind_body: dict[str, Any]
+    ) -> bytes:
         choice = rendering.negotiate(
             (request.getHeader(b"accept") or b"").decode("latin-1"), arg(request, "format")
         )
@@ -68,8 +72,7 @@ def add_simple_routes(app: Klein, ctx: WebContext) -> None:
                 b"application/vnd.pypi.simple.v1+json or text/html.\n"
             )
         kind, content_type = choice
-        body: bytes = kind_body[kind]()
-        tag = rendering.etag(body)
+        body, tag = pages.get((kind, key), source, kind_body[kind])
         request.setHeader(b"Content-Type", content_type.encode())
         request.setHeader(b"ETag", tag.encode())
         request.setHeader(b"Cache-Control", b"max-age=0, must-revalidate, private")
@@ -83,6 +86,8 @@ def add_simple_routes(app: Klein, ctx: WebContext) -> None:
         names = await ctx.index.project_names(await ctx.caller(request))
         return negotiated(
             request,
+            "/",
+            names,
             {"html": lambda: rendering.root_html(names), "json": lambda: rendering.root_json(names)},
         )
 
@@ -95,6 +100,8 @@ def add_simple_routes(app: Klein, ctx: WebContext) -> None:
         files = await ctx.index.project_files(await ctx.caller(request), name)
         return negotiated(
             request,
+            name,
+            files,
             {
                 "html": lambda: rendering.project_html(name, files),
                 "json": lambda: rendering.project_json(name, files),
