@@ -20,6 +20,9 @@ setup(
         "txredisapi>=1.4.10",
         "boto3>=1.34",
         "libpass>=1.9",
+        # hash formats operators paste into user.* lines (pypicloud wrote sha*_crypt)
+        "bcrypt>=4.1",
+        "argon2-cffi>=23.1",
         "jinja2>=3.1",
         "attrs>=23.1",
         "packaging>=24.0",

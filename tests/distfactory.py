@@ -193,14 +193,16 @@ def make_sdist(
                 zf.writestr(info, data)
     elif archive == "tar.gz":
         # gzip's header holds a timestamp: fix it so the bytes are reproducible.
-        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=_MTIME, filename="") as gz:
-            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf:
-                for path, data in members:
-                    entry = tarfile.TarInfo(f"{top}/{path}")
-                    entry.size = len(data)
-                    entry.mtime = _MTIME
-                    entry.mode = 0o644
-                    tf.addfile(entry, io.BytesIO(data))
+        with (
+            gzip.GzipFile(fileobj=buffer, mode="wb", mtime=_MTIME, filename="") as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf,
+        ):
+            for path, data in members:
+                entry = tarfile.TarInfo(f"{top}/{path}")
+                entry.size = len(data)
+                entry.mtime = _MTIME
+                entry.mode = 0o644
+                tf.addfile(entry, io.BytesIO(data))
     else:
         raise ValueError(f"unknown sdist archive type {archive!r}")
     return filename, buffer.getvalue()

@@ -83,8 +83,13 @@ class IndexServerTests(SynchronousTestCase):
             listened.append(True)
             return succeed(None)
 
-        server = IndexServer(Backends(object(), cache, object()), index, listen, clock,  # type: ignore[arg-type]
-                             retry_seconds=5)
+        server = IndexServer(
+            Backends(object(), cache, object()),
+            index,
+            listen,
+            clock,  # type: ignore[arg-type]
+            retry_seconds=5,
+        )
         server.startService()
         self.assertEqual((listened, cache.starts, index.reloads), ([True], 1, 0))
         clock.advance(5)
@@ -100,8 +105,13 @@ class IndexServerTests(SynchronousTestCase):
         """Stopping while a retry is scheduled cancels it."""
         clock = Clock()
         cache = FlakyBackend()
-        server = IndexServer(Backends(object(), cache, object()), FakeIndex(),  # type: ignore[arg-type]
-                             lambda: succeed(None), clock, retry_seconds=5)
+        server = IndexServer(
+            Backends(object(), cache, object()),
+            FakeIndex(),  # type: ignore[arg-type]
+            lambda: succeed(None),
+            clock,
+            retry_seconds=5,
+        )
         server.startService()
         self.successResultOf(server.stopService())
         self.assertEqual(clock.getDelayedCalls(), [])

@@ -22,7 +22,8 @@ UNIT = os.path.join(HERE, os.pardir, "docs", "pypicloud-tx.service")
 def unit_lines(path: str) -> dict[str, str]:
     """``Key=value`` lines of a unit file, with ``\\`` continuations joined."""
     values: dict[str, str] = {}
-    text = open(path, encoding="utf-8").read().replace("\\\n", " ")
+    with open(path, encoding="utf-8") as f:
+        text = f.read().replace("\\\n", " ")
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith(("#", "[")) and "=" in line:
@@ -66,13 +67,14 @@ class SystemdUnitTests(SynchronousTestCase):
         if shutil.which("systemd-analyze") is None:
             raise SkipTest("systemd-analyze is not installed")
         unit = os.path.join(self.root, "pypicloud-tx.service")
-        with open(unit, "w") as f:
-            f.write(self.relocated(open(UNIT, encoding="utf-8").read()))
+        with open(unit, "w") as f, open(UNIT, encoding="utf-8") as source:
+            f.write(self.relocated(source.read()))
         result = subprocess.run(
             ["systemd-analyze", "verify", unit], capture_output=True, text=True, timeout=60
         )
         problems = [
-            line for line in (result.stdout + result.stderr).splitlines()
+            line
+            for line in (result.stdout + result.stderr).splitlines()
             if "pypicloud-tx.service" in line
         ]
         self.assertEqual(problems, [])
@@ -93,14 +95,16 @@ class SystemdUnitTests(SynchronousTestCase):
         with open(config, "w") as f:
             f.write(self.relocated(text).replace(self.root + self.root, self.root))
         env = dict(os.environ, TMPDIR=self.relocated(unit["Environment"].split("=", 1)[1]))
-        log = open(os.path.join(self.root, "server.log"), "w+")
+        log = open(os.path.join(self.root, "server.log"), "w+")  # noqa: SIM115 (closed below)
         process = subprocess.Popen(command, cwd=self.data, env=env, stdout=log, stderr=log)
         try:
             body = b""
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=2) as r:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{self.port}/ping", timeout=2
+                    ) as r:
                         body = r.read()
                     break
                 except OSError:

@@ -99,8 +99,10 @@ async def start_backends(backends: Backends) -> None:
 
 async def stop_backends(backends: Backends) -> None:
     waits = [stop() for b in backends.all() if (stop := getattr(b, "stop", None)) is not None]
-    await DeferredList([Deferred.fromCoroutine(w) if not isinstance(w, Deferred) else w
-                        for w in waits], consumeErrors=True)
+    await DeferredList(
+        [Deferred.fromCoroutine(w) if not isinstance(w, Deferred) else w for w in waits],
+        consumeErrors=True,
+    )
 
 
 class IndexServer(Service):
@@ -110,8 +112,14 @@ class IndexServer(Service):
     ``retry_seconds``; the server listens anyway and answers 503 until the backend is back.
     """
 
-    def __init__(self, backends: Backends, index: PackageIndex, listen: Any, reactor: Any,
-                 retry_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        backends: Backends,
+        index: PackageIndex,
+        listen: Any,
+        reactor: Any,
+        retry_seconds: float = 5.0,
+    ) -> None:
         self._backends = backends
         self._index = index
         self._listen = listen  # () -> Deferred[IListeningPort]
@@ -141,9 +149,13 @@ class IndexServer(Service):
             await self._index.reload_if_needed()
         except Exception as e:
             if isinstance(e, PPCError):
-                log.warn("{message}; retrying in {seconds}s", message=e.message, seconds=self._retry)
+                log.warn(
+                    "{message}; retrying in {seconds}s", message=e.message, seconds=self._retry
+                )
             else:
-                log.failure("a backend failed to start; retrying in {seconds}s", seconds=self._retry)
+                log.failure(
+                    "a backend failed to start; retrying in {seconds}s", seconds=self._retry
+                )
             if self.running:
                 self._pending = self._reactor.callLater(
                     self._retry, lambda: Deferred.fromCoroutine(self._prepare())

@@ -85,7 +85,9 @@ class ICache(Interface):
     def summary() -> Deferred[list[ProjectSummary]]:
         """One :class:`ProjectSummary` per project, sorted by name."""
 
-    def search(criteria: Mapping[str, Sequence[str]], query_type: str) -> Deferred[list[PackageFile]]:
+    def search(
+        criteria: Mapping[str, Sequence[str]], query_type: str
+    ) -> Deferred[list[PackageFile]]:
         """Files whose ``name``/``summary`` contain the given terms (case-insensitive).
 
         ``criteria`` maps ``"name"`` and/or ``"summary"`` to lists of terms; ``query_type`` is
@@ -118,7 +120,6 @@ class IAccessBackend(Interface):
     Permissions are sets of ``"read"`` and ``"write"``.  Group names ``everyone`` and
     ``authenticated`` are the two implicit groups.
     """
-
 
     def verify_user(username: str, password: str) -> Deferred[bool]:
         """Whether ``password`` is ``username``'s (hashing runs off the reactor thread)."""

@@ -218,7 +218,7 @@ class WheelTests(SynchronousTestCase):
 
     def test_bad_filename(self) -> None:
         """A filename that is not a distribution's is refused before opening anything."""
-        filename, data = make_wheel("foo", "1.0")
+        _filename, data = make_wheel("foo", "1.0")
         for bad in ("foo-1.0.egg", "foo-1.0.tar.bz2", "../foo-1.0-py3-none-any.whl", "x.whl"):
             self.assertRaises(InvalidUpload, inspect, bad, data)
 

@@ -103,8 +103,9 @@ class Index:
         protocol.dataReceived(data)
         return transport.value()
 
-    def wire(self, method: str, path: str,
-             headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, list[str]], bytes]:
+    def wire(
+        self, method: str, path: str, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, dict[str, list[str]], bytes]:
         """One request as raw HTTP; ``(status, headers by lower-case name, body)`` exactly as
         sent on the wire (the HTTP client hides Content-Length and adds Content-Encoding)."""
         lines = [f"{method} {path} HTTP/1.1", "Host: index.test", "Connection: close"]
@@ -134,14 +135,26 @@ class RouteTestCase(SynchronousTestCase):
         self.ix = Index(options)
         return self.ix
 
-    def request(self, method: str, path: str, user: str | None = None, password: str | None = None,
-                headers: Mapping[bytes, list[bytes]] | None = None, data: Any = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        user: str | None = None,
+        password: str | None = None,
+        headers: Mapping[bytes, list[bytes]] | None = None,
+        data: Any = None,
+    ) -> Any:
         """Send a request; returns ``(response, body bytes)``."""
         all_headers: dict[bytes, list[bytes]] = dict(headers or {})
         if user is not None:
             all_headers.update(basic(user, password))
-        d = self.ix.treq.request(method, "http://index.test" + path, headers=all_headers,
-                                 data=data, allow_redirects=False)
+        d = self.ix.treq.request(
+            method,
+            "http://index.test" + path,
+            headers=all_headers,
+            data=data,
+            allow_redirects=False,
+        )
         response = self.successResultOf(self._pump(d))
         body = self.successResultOf(self._pump(response.content()))
         return response, body
@@ -161,20 +174,34 @@ class RouteTestCase(SynchronousTestCase):
             self.ix.treq.flush()
         return d
 
-    def get_json(self, path: str, user: str | None = None, accept: bytes = b"application/json") -> Any:
+    def get_json(
+        self, path: str, user: str | None = None, accept: bytes = b"application/json"
+    ) -> Any:
         response, body = self.request("GET", path, user, headers={b"Accept": [accept]})
         return response, json.loads(body) if body else None
 
-    def upload(self, filename: str, data: bytes, user: str | None = "bob",
-               path: str = "/simple/", fields: list[tuple[str, str]] | None = None,
-               password: str | None = None) -> Any:
+    def upload(
+        self,
+        filename: str,
+        data: bytes,
+        user: str | None = "bob",
+        path: str = "/simple/",
+        fields: list[tuple[str, str]] | None = None,
+        password: str | None = None,
+    ) -> Any:
         """Upload ``data`` as ``filename`` the way twine does (fields computed unless given)."""
         if fields is None:
             dist = parse_filename(filename)
             fields = twine_fields(filename, data, dist.name, dist.version)
         content_type, body = encode_upload(fields, (filename, data))
-        return self.request("POST", path, user, password,
-                            headers={b"Content-Type": [content_type.encode()]}, data=body)
+        return self.request(
+            "POST",
+            path,
+            user,
+            password,
+            headers={b"Content-Type": [content_type.encode()]},
+            data=body,
+        )
 
     @staticmethod
     def wheel(name: str = "demo", version: str = "1.0", **kw: Any) -> tuple[str, bytes]:

@@ -54,8 +54,11 @@ class CachedPagesFollowChangesTests(RouteTestCase):
         _, body = self.request("GET", "/simple/memo/")
         self.assertIn(second.encode(), body)
         response, _ = self.request(
-            "POST", f"/api/package/memo/{first}/yank", user="alice",
-            headers={b"Content-Type": [b"application/x-www-form-urlencoded"]}, data=b"reason=bad",
+            "POST",
+            f"/api/package/memo/{first}/yank",
+            user="alice",
+            headers={b"Content-Type": [b"application/x-www-form-urlencoded"]},
+            data=b"reason=bad",
         )
         self.assertEqual(response.code, 200)
         _, body = self.request("GET", "/simple/memo/")

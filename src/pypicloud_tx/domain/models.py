@@ -14,8 +14,8 @@ UPSTREAM = "upstream"
 
 def _utc(value: _dt.datetime) -> _dt.datetime:
     if value.tzinfo is None:
-        return value.replace(tzinfo=_dt.timezone.utc)
-    return value.astimezone(_dt.timezone.utc)
+        return value.replace(tzinfo=_dt.UTC)
+    return value.astimezone(_dt.UTC)
 
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -70,7 +70,7 @@ class PackageFile:
         if isinstance(when, str):
             values["upload_time"] = _dt.datetime.fromisoformat(when)
         elif isinstance(when, (int, float)):
-            values["upload_time"] = _dt.datetime.fromtimestamp(when, _dt.timezone.utc)
+            values["upload_time"] = _dt.datetime.fromtimestamp(when, _dt.UTC)
         return cls(**values)
 
 

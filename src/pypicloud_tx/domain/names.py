@@ -17,7 +17,7 @@ from packaging.version import InvalidVersion, Version
 
 from pypicloud_tx.errors import InvalidUpload
 
-__all__ = ["DistName", "canonical", "is_canonical", "parse_filename", "sort_key", "is_prerelease"]
+__all__ = ["DistName", "canonical", "is_canonical", "is_prerelease", "parse_filename", "sort_key"]
 
 # PEP 508 names: ASCII letters, digits, and . _ - inside.
 _NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])\Z", re.IGNORECASE)
@@ -55,7 +55,9 @@ def check_filename_characters(filename: str) -> None:
     if len(filename) > MAX_FILENAME:
         raise InvalidUpload(f"The filename is longer than {MAX_FILENAME} characters.")
     if "/" in filename or "\\" in filename or filename in (".", "..") or filename.startswith("."):
-        raise InvalidUpload(f"Invalid filename {filename!r}: it must be a bare file name, no paths.")
+        raise InvalidUpload(
+            f"Invalid filename {filename!r}: it must be a bare file name, no paths."
+        )
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in filename) or not filename.isascii():
         raise InvalidUpload(
             f"Invalid filename {filename!r}: only printable ASCII characters are allowed."

@@ -28,15 +28,34 @@ log = Logger()
 
 #: Form fields that describe the upload itself rather than the project.
 _PROTOCOL_FIELDS = {
-    ":action", "protocol_version", "content", "name", "version", "filetype", "pyversion",
-    "md5_digest", "sha256_digest", "blake2_256_digest", "gpg_signature", "attestations",
+    ":action",
+    "protocol_version",
+    "content",
+    "name",
+    "version",
+    "filetype",
+    "pyversion",
+    "md5_digest",
+    "sha256_digest",
+    "blake2_256_digest",
+    "gpg_signature",
+    "attestations",
     "comment",
 }
 #: Form fields that may repeat (everything else keeps its first value).
 _LIST_FIELDS = {
-    "classifiers", "requires_dist", "provides_dist", "obsoletes_dist", "requires_external",
-    "project_urls", "provides_extra", "platform", "supported_platform", "dynamic",
-    "license_file", "license_files",
+    "classifiers",
+    "requires_dist",
+    "provides_dist",
+    "obsoletes_dist",
+    "requires_external",
+    "project_urls",
+    "provides_extra",
+    "platform",
+    "supported_platform",
+    "dynamic",
+    "license_file",
+    "license_files",
 }
 
 
@@ -53,7 +72,7 @@ class IndexOptions:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class PackageIndex:
@@ -183,7 +202,9 @@ class PackageIndex:
                 f"The URL names {expect_filename} but the uploaded file is {upload.filename}."
             )
         if expect_name is not None and canonical(expect_name) != dist.name:
-            raise InvalidUpload(f"The URL names project {expect_name} but the file is for {dist.name}.")
+            raise InvalidUpload(
+                f"The URL names project {expect_name} but the file is for {dist.name}."
+            )
         await self._require(caller, dist.name, WRITE)
         _check_form(upload, dist.name, dist.version)
         if not self._options.allow_overwrite and await self.cache.fetch(upload.filename):
@@ -192,7 +213,9 @@ class PackageIndex:
         dists.check_agrees(info, dist.name, dist.version)
         file = self._package_file(caller, upload, dist.name, dist.version, info)
         try:
-            await self.storage.put(file, upload.stream, info.core_metadata, self._options.allow_overwrite)
+            await self.storage.put(
+                file, upload.stream, info.core_metadata, self._options.allow_overwrite
+            )
         except Conflict:
             if not await self._same_bytes_stored(file):
                 raise _exists(upload.filename) from None
@@ -249,7 +272,9 @@ class PackageIndex:
         await self.storage.delete(file)
         log.info("deleted {filename} for {user}", filename=filename, user=caller.username)
 
-    async def yank(self, caller: Identity, name: str, filename: str, reason: str | None) -> PackageFile:
+    async def yank(
+        self, caller: Identity, name: str, filename: str, reason: str | None
+    ) -> PackageFile:
         """Yank (``reason`` a string, maybe empty) or unyank (``reason`` None) a file."""
         file = await self.file(caller, name, filename)
         await self._require(caller, file.name, WRITE)
@@ -279,7 +304,11 @@ class PackageIndex:
     async def health(self) -> dict[str, tuple[bool, str]]:
         """``{"storage"|"cache"|"access": (ok, message)}``."""
         report = {}
-        for label, backend in (("storage", self.storage), ("cache", self.cache), ("access", self.access)):
+        for label, backend in (
+            ("storage", self.storage),
+            ("cache", self.cache),
+            ("access", self.access),
+        ):
             try:
                 report[label] = tuple(await backend.check_health())
             except Exception as e:  # a health check must report, never raise
@@ -309,7 +338,9 @@ def _check_form(upload: Upload, name: str, version: str) -> None:
     ):
         expected = upload.first(field)
         if expected and not dists.digest_matches(expected, actual):
-            raise InvalidUpload(f"The {field} sent does not match the uploaded file; it may be corrupt.")
+            raise InvalidUpload(
+                f"The {field} sent does not match the uploaded file; it may be corrupt."
+            )
 
 
 def _sha256_of(stream: IO[bytes]) -> str:

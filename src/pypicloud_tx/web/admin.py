@@ -25,5 +25,6 @@ def add_admin_routes(app: Klein, ctx: WebContext) -> None:
     async def rebuild(request: IRequest) -> bytes:
         require_admin(await ctx.caller(request))
         count = await ctx.index.rebuild()
-        return json_body(request, {"message": f"Cache rebuilt from storage: {count} files.",
-                                   "files": count})
+        return json_body(
+            request, {"message": f"Cache rebuilt from storage: {count} files.", "files": count}
+        )

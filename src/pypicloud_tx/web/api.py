@@ -28,11 +28,21 @@ def add_api_routes(app: Klein, ctx: WebContext) -> None:
         caller = await ctx.caller(request)
         if (arg(request, "verbose") or "").lower() in ("true", "1", "yes"):
             summaries = await ctx.index.summaries(caller)
-            return json_body(request, {"packages": [
-                {"name": s.name, "stable": s.stable, "unstable": s.unstable,
-                 "last_modified": int(s.last_modified.timestamp()), "summary": s.summary}
-                for s in summaries
-            ]})
+            return json_body(
+                request,
+                {
+                    "packages": [
+                        {
+                            "name": s.name,
+                            "stable": s.stable,
+                            "unstable": s.unstable,
+                            "last_modified": int(s.last_modified.timestamp()),
+                            "summary": s.summary,
+                        }
+                        for s in summaries
+                    ]
+                },
+            )
         return json_body(request, {"packages": await ctx.index.project_names(caller)})
 
     @app.route("/api/package/<string:project>/", methods=["GET", "HEAD"])
@@ -41,17 +51,27 @@ def add_api_routes(app: Klein, ctx: WebContext) -> None:
         caller = await ctx.caller(request)
         files = await ctx.index.project_files(caller, name)
         base = ctx.base_url(request)
-        return json_body(request, {
-            "packages": [
-                {"name": f.display_name or f.name, "filename": f.filename, "version": f.version,
-                 "last_modified": int(f.upload_time.timestamp()), "size": f.size,
-                 "sha256": f.sha256, "yanked": f.yanked is not None, "yanked_reason": f.yanked,
-                 "prerelease": is_prerelease(f.version),
-                 "url": f"{base}api/package/{f.name}/{f.filename}"}
-                for f in reversed(files)
-            ],
-            "write": WRITE in await ctx.index.permissions(caller, name),
-        })
+        return json_body(
+            request,
+            {
+                "packages": [
+                    {
+                        "name": f.display_name or f.name,
+                        "filename": f.filename,
+                        "version": f.version,
+                        "last_modified": int(f.upload_time.timestamp()),
+                        "size": f.size,
+                        "sha256": f.sha256,
+                        "yanked": f.yanked is not None,
+                        "yanked_reason": f.yanked,
+                        "prerelease": is_prerelease(f.version),
+                        "url": f"{base}api/package/{f.name}/{f.filename}",
+                    }
+                    for f in reversed(files)
+                ],
+                "write": WRITE in await ctx.index.permissions(caller, name),
+            },
+        )
 
     @app.route("/api/package/<string:project>", methods=["GET", "HEAD"])
     def package_versions_slash(request: IRequest, project: str) -> bytes:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 from typing import IO
 
-from twisted.logger import Logger
-from zope.interface import implementer
-
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
+from zope.interface import implementer
 
 from pypicloud_tx.domain.models import PackageFile
 
@@ -21,13 +20,11 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 def content_type(filename: str) -> bytes:
     # Never a type that invites a client or proxy to decompress a .tar.gz.
     return (
-        b"application/zip"
-        if filename.endswith((".whl", ".zip"))
-        else b"application/octet-stream"
+        b"application/zip" if filename.endswith((".whl", ".zip")) else b"application/octet-stream"
     )
 
 
-def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None | bool:
+def parse_range(header: bytes | None, size: int) -> tuple[int, int] | bool | None:
     """``(start, end inclusive)`` for one satisfiable byte range, ``None`` to send it all,
     ``False`` when unsatisfiable.  Multiple ranges are answered with the whole file."""
     if not header:
@@ -90,9 +87,7 @@ class FileBody(resource.Resource):
             start, end = wanted
             length = end - start + 1
             request.setResponseCode(206)
-            request.setHeader(
-                b"Content-Range", f"bytes {start}-{end}/{f.size}".encode()
-            )
+            request.setHeader(b"Content-Range", f"bytes {start}-{end}/{f.size}".encode())
         request.setHeader(b"Content-Length", str(length).encode())
         StreamPusher(request, self._stream, start, length).start()
         return server.NOT_DONE_YET
@@ -105,9 +100,7 @@ class StreamPusher:
 
     CHUNK = 64 * 1024
 
-    def __init__(
-        self, request: IRequest, stream: IO[bytes], start: int, length: int
-    ) -> None:
+    def __init__(self, request: IRequest, stream: IO[bytes], start: int, length: int) -> None:
         self._request = request
         self._stream = stream
         self._start = start

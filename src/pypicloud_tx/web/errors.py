@@ -75,6 +75,12 @@ def failure_to_response(request: IRequest, failure: Failure, realm: str) -> byte
             request.setHeader(b"Allow", ", ".join(error.valid_methods).encode())
         message = _ROUTING_MESSAGES.get(error.code, error.name)
         return render_error(request, error.code, message, realm)
-    log.failure("unexpected error answering {method} {path}", failure,
-                method=request.method, path=request.path)
-    return render_error(request, 500, "Internal server error; the server log has the details.", realm)
+    log.failure(
+        "unexpected error answering {method} {path}",
+        failure,
+        method=request.method,
+        path=request.path,
+    )
+    return render_error(
+        request, 500, "Internal server error; the server log has the details.", realm
+    )

@@ -138,7 +138,7 @@ class _FileSink:
         self.content_type = content_type
         self.max_size = max_size
         self.size = 0
-        self.stream: IO[bytes] = tempfile.SpooledTemporaryFile(
+        self.stream: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115 (kept open)
             max_size=SPOOL_IN_MEMORY, mode="w+b", dir=spool_dir
         )
         self._sha256 = hashlib.sha256()

@@ -138,7 +138,7 @@ def project_html(name: str, files: Sequence[PackageFile]) -> bytes:
 
 
 def upload_time(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def project_json(name: str, files: Sequence[PackageFile]) -> bytes:
@@ -178,9 +178,10 @@ def pypi_file(f: PackageFile, base: str) -> dict[str, Any]:
         "md5_digest": f.md5,
         "size": f.size,
         "packagetype": f.packagetype,
-        "python_version": f.metadata.get("pyversion") or ("source" if f.packagetype == "sdist" else "py3"),
+        "python_version": f.metadata.get("pyversion")
+        or ("source" if f.packagetype == "sdist" else "py3"),
         "requires_python": f.requires_python,
-        "upload_time": f.upload_time.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+        "upload_time": f.upload_time.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
         "upload_time_iso_8601": upload_time(f.upload_time),
         "yanked": f.yanked is not None,
         "yanked_reason": f.yanked or None,

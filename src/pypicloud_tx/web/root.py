@@ -41,8 +41,10 @@ def build_app(ctx: WebContext) -> Klein:
         ok = all(status for status, _ in report.values())
         return json_body(
             request,
-            {"status": "ok" if ok else "unavailable",
-             "backends": {k: {"ok": v[0], "message": v[1]} for k, v in report.items()}},
+            {
+                "status": "ok" if ok else "unavailable",
+                "backends": {k: {"ok": v[0], "message": v[1]} for k, v in report.items()},
+            },
             200 if ok else 503,
         )
 
@@ -83,7 +85,9 @@ class BoundedRequest(server.Request):
             super().gotLength(length)
         else:
             spool_dir = getattr(getattr(self.channel, "site", None), "spool_dir", None)
-            self.content = tempfile.TemporaryFile(prefix="ppc-body-", dir=spool_dir)
+            self.content = tempfile.TemporaryFile(  # noqa: SIM115 (the request closes it)
+                prefix="ppc-body-", dir=spool_dir
+            )
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -97,8 +101,15 @@ class BoundedRequest(server.Request):
     def _refuse(self) -> None:
         self._refused = True
         limit = self._limit() - FORM_OVERHEAD
-        body = json.dumps({"message": f"The upload is larger than this index allows ({limit} bytes; "
-                                      "see pypi.max_upload_size)."}).encode() + b"\n"
+        body = (
+            json.dumps(
+                {
+                    "message": f"The upload is larger than this index allows ({limit} bytes; "
+                    "see pypi.max_upload_size)."
+                }
+            ).encode()
+            + b"\n"
+        )
         transport = self.channel.transport
         transport.write(
             b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
@@ -120,8 +131,9 @@ class IndexSite(server.Site):
 
     requestFactory = BoundedRequest
 
-    def __init__(self, resource: IResource, max_upload_size: int, spool_dir: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, resource: IResource, max_upload_size: int, spool_dir: str | None = None, **kwargs: Any
+    ) -> None:
         # Never let twisted.web parse (and buffer) multipart bodies on the reactor thread.
         kwargs.setdefault("timeout", 120)  # idle connections and stalled clients are closed
         super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)

@@ -57,9 +57,7 @@ def add_simple_routes(app: Klein, ctx: WebContext) -> None:
 
     pages = rendering.PageMemo()
 
-    def negotiated(
-        request: IRequest, key: str, source: object, kind_body: dict[str, Any]
-    ) -> bytes:
+    def negotiated(request: IRequest, key: str, source: object, kind_body: dict[str, Any]) -> bytes:
         choice = rendering.negotiate(
             (request.getHeader(b"accept") or b"").decode("latin-1"), arg(request, "format")
         )
@@ -88,7 +86,10 @@ def add_simple_routes(app: Klein, ctx: WebContext) -> None:
             request,
             "/",
             names,
-            {"html": lambda: rendering.root_html(names), "json": lambda: rendering.root_json(names)},
+            {
+                "html": lambda: rendering.root_html(names),
+                "json": lambda: rendering.root_json(names),
+            },
         )
 
     async def project_page(request: IRequest, base: str, project: str) -> bytes:
@@ -173,8 +174,12 @@ def add_simple_routes(app: Klein, ctx: WebContext) -> None:
         }
         found = await ctx.index.search(caller, criteria, operator.lower())
         results = [
-            {"name": f.display_name or f.name, "version": f.version, "summary": f.summary or "",
-             "_pypi_ordering": 0}
+            {
+                "name": f.display_name or f.name,
+                "version": f.version,
+                "summary": f.summary or "",
+                "_pypi_ordering": 0,
+            }
             for f in found
         ]
         return xmlrpc.client.dumps((results,), methodresponse=True, allow_none=True).encode()

@@ -45,5 +45,11 @@ async def receive_upload(
         stored = await ctx.index.upload(caller, upload, expect_name, expect_filename)
     finally:
         form.close()
-    return json_body(request, {"message": f"{stored.filename} stored.", "filename": stored.filename,
-                               "sha256": stored.sha256})
+    return json_body(
+        request,
+        {
+            "message": f"{stored.filename} stored.",
+            "filename": stored.filename,
+            "sha256": stored.sha256,
+        },
+    )

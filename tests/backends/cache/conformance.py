@@ -134,7 +134,10 @@ class ICacheConformance:
 
     def assertSameFiles(self, actual: list[PackageFile], expected: list[PackageFile]) -> None:
         """Equal as records (metadata included), in any order."""
-        key = lambda record: record["filename"]
+
+        def key(record: dict[str, Any]) -> str:
+            return str(record["filename"])
+
         self.assertEqual(
             sorted((f.to_record() for f in actual), key=key),
             sorted((f.to_record() for f in expected), key=key),

@@ -21,8 +21,12 @@ from .conformance import ICacheConformance
 
 def _file(name: str, version: str) -> PackageFile:
     return PackageFile(
-        name=name, version=version, filename=f"{name}-{version}.tar.gz", size=1, sha256="0" * 64,
-        upload_time=_dt.datetime(2024, 1, 1, tzinfo=_dt.timezone.utc),
+        name=name,
+        version=version,
+        filename=f"{name}-{version}.tar.gz",
+        size=1,
+        sha256="0" * 64,
+        upload_time=_dt.datetime(2024, 1, 1, tzinfo=_dt.UTC),
     )
 
 

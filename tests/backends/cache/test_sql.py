@@ -22,6 +22,7 @@ from pypicloud_tx.backends.cache.sql import (
     normalise_url,
     upsert_statement,
 )
+from pypicloud_tx.domain.models import PackageFile
 from pypicloud_tx.errors import BackendUnavailable, ConfigError
 from pypicloud_tx.interfaces import ICache
 from pypicloud_tx.runtime import Runtime
@@ -331,10 +332,12 @@ class OrphanedJournalTests(SynchronousTestCase):
         self.successResultOf(second.stop())
 
 
-def _orphan_file() -> "PackageFile":
-    from pypicloud_tx.domain.models import PackageFile
-
+def _orphan_file() -> PackageFile:
     return PackageFile(
-        name="orphan", version="1.0", filename="orphan-1.0.tar.gz", size=1, sha256="0" * 64,
-        upload_time=_dt.datetime(2020, 1, 1, tzinfo=_dt.timezone.utc),
+        name="orphan",
+        version="1.0",
+        filename="orphan-1.0.tar.gz",
+        size=1,
+        sha256="0" * 64,
+        upload_time=_dt.datetime(2020, 1, 1, tzinfo=_dt.UTC),
     )

@@ -85,7 +85,7 @@ class ConfigurationTests(SynchronousTestCase):
         self.assertEqual(storage.directory, "/srv/packages")
 
     def test_relative_dir_from_config_folder(self) -> None:
-        """A relative ``storage.dir`` is taken relative to the config file's folder, made absolute."""
+        """A relative ``storage.dir`` is relative to the config file's folder, made absolute."""
         options = parse_options(FileStorage.Options, "storage", {"dir": "packages/"})
         storage = FileStorage.from_config(options, Runtime.synchronous(here="/etc/ppc"))
         self.assertEqual(storage.directory, "/etc/ppc/packages")
@@ -483,8 +483,13 @@ class ArchiveRecoveryTests(_FolderTestCase):
         PEP 658 metadata, and the record and ``.metadata`` are written for next time."""
         from tests.distfactory import make_wheel
 
-        filename, data = make_wheel("My_Pkg", "2.0", summary="From the archive",
-                                    requires_python=">=3.9", requires_dist=["attrs>=20"])
+        filename, data = make_wheel(
+            "My_Pkg",
+            "2.0",
+            summary="From the archive",
+            requires_python=">=3.9",
+            requires_dist=["attrs>=20"],
+        )
         folder = os.path.join(self.dir, "My_Pkg", "2.0")
         os.makedirs(folder)
         with open(os.path.join(folder, filename), "wb") as f:

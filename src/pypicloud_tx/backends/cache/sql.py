@@ -316,7 +316,7 @@ class SQLCache:
         if password:
             reason = reason.replace(str(password), "***")
         # twisted.logger spells it warn(), not warning().
-        log.warn("the cache database is unreachable: {reason}", reason=reason)  # noqa: G010
+        log.warn("the cache database is unreachable: {reason}", reason=reason)
         return BackendUnavailable(f"the cache database is unreachable: {reason}")
 
     def _transaction(self, work: Callable[[Connection], T]) -> Deferred[T]:

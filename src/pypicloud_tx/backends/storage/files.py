@@ -18,6 +18,7 @@ what :meth:`open` can find, whatever the sidecar says.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime as _dt
 import errno
 import fcntl
@@ -129,10 +130,8 @@ def _fsync_dir(path: str) -> None:
 
 
 def _remove(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 @contextmanager
@@ -182,7 +181,8 @@ def _hashes(path: str) -> dict[str, str]:
 
 
 def _copy(stream: IO[bytes], out: IO[bytes], file: PackageFile) -> None:
-    """Copy ``stream`` from its start into ``out``, refusing more or fewer than ``file.size`` bytes."""
+    """Copy ``stream`` from its start into ``out``; refuse more or fewer than ``file.size``
+    bytes."""
     if getattr(stream, "seekable", lambda: False)():
         stream.seek(0)
     size = 0
