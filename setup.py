@@ -47,7 +47,6 @@ setup(
         "console_scripts": [
             "pypicloud-tx = pypicloud_tx.scripts.cli:main",
             "ppc-gen-password = pypicloud_tx.scripts.cli:gen_password_alias",
-            "ppc-rebuild = pypicloud_tx.scripts.cli:rebuild_alias",
         ]
     },
     classifiers=[

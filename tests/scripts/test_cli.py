@@ -57,12 +57,11 @@ class HelpTests(SynchronousTestCase):
             self.assertIn(expected, result.stdout)
 
     def test_console_scripts(self) -> None:
-        """pypicloud-tx, ppc-gen-password and ppc-rebuild are installed next to the Python
+        """pypicloud-tx and pypicloud's ppc-gen-password are installed next to the Python
         running the tests, and answer --help."""
         for script, expected in [
             ("pypicloud-tx", "rebuild"),
             ("ppc-gen-password", "--rounds"),
-            ("ppc-rebuild", "config"),
         ]:
             path = os.path.join(BIN, script)
             self.assertTrue(os.access(path, os.X_OK), path)
@@ -189,7 +188,7 @@ class RebuildTests(SynchronousTestCase):
 
     def test_missing_config(self) -> None:
         """A config file that does not exist: exit 2, one line."""
-        result = run(command=[os.path.join(BIN, "ppc-rebuild"), "/nonexistent/server.ini"])
+        result = run(command=[os.path.join(BIN, "pypicloud-tx"), "rebuild", "/nonexistent/server.ini"])
         self.assertEqual(result.returncode, 2)
         self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
         self.assertIn("/nonexistent/server.ini", result.stderr)

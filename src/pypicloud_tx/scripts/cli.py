@@ -1,6 +1,7 @@
 """``pypicloud-tx <command>``: the command-line tools.
 
-Each command is also installed under pypicloud's name (``ppc-gen-password``, ``ppc-rebuild``).
+Each command that pypicloud had is also installed under pypicloud's name
+(``ppc-gen-password``); ``rebuild`` is new (pypicloud only had ``/admin/rebuild``).
 Errors go to stderr with a non-zero exit status; progress goes to stderr too, so stdout
 carries only the command's result.
 """
@@ -178,11 +179,6 @@ def _alias(command: str) -> int:
 def gen_password_alias() -> int:
     """``ppc-gen-password``."""
     return _alias("gen-password")
-
-
-def rebuild_alias() -> int:
-    """``ppc-rebuild``."""
-    return _alias("rebuild")
 
 
 if __name__ == "__main__":
