@@ -188,7 +188,9 @@ class RebuildTests(SynchronousTestCase):
 
     def test_missing_config(self) -> None:
         """A config file that does not exist: exit 2, one line."""
-        result = run(command=[os.path.join(BIN, "pypicloud-tx"), "rebuild", "/nonexistent/server.ini"])
+        result = run(
+            command=[os.path.join(BIN, "pypicloud-tx"), "rebuild", "/nonexistent/server.ini"]
+        )
         self.assertEqual(result.returncode, 2)
         self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
         self.assertIn("/nonexistent/server.ini", result.stderr)
