@@ -28,7 +28,7 @@ class OrderedServices(MultiService):
     stop its backends (which still use the thread pools) before the pools are stopped.
     """
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         return Deferred.fromCoroutine(self._stop_in_reverse())
 
@@ -161,7 +161,7 @@ class IndexServer(Service):
                     self._retry, lambda: Deferred.fromCoroutine(self._prepare())
                 )
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
 

@@ -116,7 +116,7 @@ def versions_equal(a: str, b: str) -> bool:
 def sort_key(version: str) -> tuple[int, Version | str]:
     """Orders versions by PEP 440, with unparsable ones first."""
     parsed = parse_version(version)
-    return (1, parsed) if parsed is not None else (0, version)  # type: ignore[return-value]
+    return (1, parsed) if parsed is not None else (0, version)
 
 
 def is_prerelease(version: str) -> bool:

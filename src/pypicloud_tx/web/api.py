@@ -134,7 +134,7 @@ def _form_value(request: IRequest, name: str) -> str | None:
     """A field of a small urlencoded (or query-string) form."""
     values = (request.args or {}).get(name.encode())
     if values:
-        return values[0].decode("utf-8", "replace")
+        return str(values[0].decode("utf-8", "replace"))
     content_type = (request.getHeader(b"content-type") or b"").lower()
     if content_type.startswith(b"application/x-www-form-urlencoded"):
         request.content.seek(0)

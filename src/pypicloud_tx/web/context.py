@@ -56,7 +56,7 @@ def arg(request: IRequest, name: str, default: str | None = None) -> str | None:
     values = (request.args or {}).get(name.encode())
     if not values:
         return default
-    return values[0].decode("utf-8", "replace")
+    return str(values[0].decode("utf-8", "replace"))
 
 
 def redirect(request: IRequest, location: str, status: int = 301) -> bytes:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import IO
+from typing import IO, Any, Literal
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import resource, server
-from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from pypicloud_tx.domain.models import PackageFile
@@ -24,7 +23,7 @@ def content_type(filename: str) -> bytes:
     )
 
 
-def parse_range(header: bytes | None, size: int) -> tuple[int, int] | bool | None:
+def parse_range(header: bytes | None, size: int) -> tuple[int, int] | Literal[False] | None:
     """``(start, end inclusive)`` for one satisfiable byte range, ``None`` to send it all,
     ``False`` when unsatisfiable.  Multiple ranges are answered with the whole file."""
     if not header:
@@ -58,7 +57,7 @@ class FileBody(resource.Resource):
         self._stream = stream
         self._max_age = max_age
 
-    def render(self, request: IRequest) -> int | bytes:  # type: ignore[override]
+    def render(self, request: Any) -> int | bytes:
         f = self._file
         tag = f'"{f.sha256}"'.encode()
         request.setHeader(b"Content-Type", content_type(f.filename))
@@ -100,7 +99,7 @@ class StreamPusher:
 
     CHUNK = 64 * 1024
 
-    def __init__(self, request: IRequest, stream: IO[bytes], start: int, length: int) -> None:
+    def __init__(self, request: Any, stream: IO[bytes], start: int, length: int) -> None:
         self._request = request
         self._stream = stream
         self._start = start

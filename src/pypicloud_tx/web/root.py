@@ -111,6 +111,7 @@ class BoundedRequest(server.Request):
             + b"\n"
         )
         transport = self.channel.transport
+        assert transport is not None
         transport.write(
             b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
             b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
@@ -145,6 +146,6 @@ class IndexSite(server.Site):
     #: proxy in front usually keeps an access log already.
     access_log = False
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         if self.access_log:
             http.HTTPFactory.log(self, request)

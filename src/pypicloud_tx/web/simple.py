@@ -35,7 +35,7 @@ def parse_xmlrpc(body: bytes) -> tuple[tuple[Any, ...], str | None]:
     :raises InvalidUpload: for a DTD or a body that is not an XML-RPC call.
     """
     unmarshaller = xmlrpc.client.Unmarshaller()
-    unmarshaller.xml(None, None)  # expat hands over text, not bytes (as xmlrpc.client does)
+    unmarshaller.xml(None, None)  # type: ignore[arg-type]  # expat hands over text, not bytes (as xmlrpc.client does)
     parser = expat.ParserCreate(None, None)
     parser.StartDoctypeDeclHandler = _refuse_dtd
     parser.EntityDeclHandler = _refuse_dtd

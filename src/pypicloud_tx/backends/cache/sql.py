@@ -456,7 +456,7 @@ class SQLCache:
         path = self._sqlite_path
         if path is None:
             return succeed(None)
-        token = []
+        token: list[tuple[int, int, int, int] | None] = []
         for name in (path, path + "-wal"):
             try:
                 st = os.stat(name)
