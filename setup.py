@@ -41,6 +41,10 @@ setup(
             "psycopg[binary]>=3.1",
             # test_dists builds sdists with --no-build-isolation (bdist_wheel needs 70.1)
             "setuptools>=70.1",
+            # .ci/run's lint step (also tox -e lint / -e mypy)
+            "ruff>=0.6",
+            "mypy>=1.11",
+            "mypy-zope>=1.0",
         ],
     },
     entry_points={
