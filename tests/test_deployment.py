@@ -124,3 +124,35 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertIn(status, (0, -signal.SIGTERM), output)
         self.assertIn("Main loop terminated", output)
         self.assertNotIn("Traceback", output)
+
+
+class PortTakenTests(SynchronousTestCase):
+    def test_exits_non_zero_when_the_port_is_taken(self) -> None:
+        """A server that cannot listen (the port is taken) stops at once with a non-zero
+        status and says why, so systemd and deploy scripts see the failure."""
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        config = os.path.join(root, "server.ini")
+        with open(config, "w") as f:
+            f.write(f"[pypicloud]\nstorage.dir = {root}/packages\ndb.url = sqlite://\n")
+        twist = os.path.join(os.path.dirname(sys.executable), "twist")
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            result = subprocess.run(
+                [
+                    twist,
+                    "--log-format=text",
+                    "pypicloud",
+                    "--config",
+                    config,
+                    "--listen",
+                    f"tcp:port={port}:interface=127.0.0.1",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("cannot listen", result.stdout + result.stderr)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import tempfile
 from typing import Any
 
@@ -98,8 +100,19 @@ def makeService(options: Options) -> IService:
     site = IndexSite(build_resource(ctx), settings.max_upload_size, spool_dir=ctx.spool_dir)
     site.access_log = bool(options["access-log"])
     endpoint = serverFromString(reactor, options["endpoint"])
-    IndexServer(backends, index, lambda: endpoint.listen(site), reactor).setServiceParent(root)
+    server = IndexServer(backends, index, lambda: endpoint.listen(site), reactor)
+    server.setServiceParent(root)
+    reactor.addSystemEventTrigger("after", "shutdown", _exit_if_listen_failed, server)
     return root
+
+
+def _exit_if_listen_failed(server: Any) -> None:
+    """``twist`` exits 0 after any orderly stop; a server that never listened (port taken,
+    bad endpoint) must exit non-zero so systemd and scripts see the failure."""
+    if server.listen_failed:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _forward_stdlib_logging() -> None:
