@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -36,6 +37,7 @@ _FORMATS = {
 }
 
 
+@functools.lru_cache(maxsize=512)
 def negotiate(accept: str | None, format_override: str | None = None) -> tuple[str, str] | None:
     """``(kind, content type)`` for a Simple API response, or ``None`` for 406.
 
