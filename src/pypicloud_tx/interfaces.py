@@ -154,3 +154,80 @@ class IAccessBackend(Interface):
 
     def dump() -> Deferred[dict[str, object]]:
         """Everything, in pypicloud's export format (``users``, ``groups``, ``packages``, ...)."""
+
+
+class IMutableAccessBackend(IAccessBackend):
+    """An access backend whose users, groups and permissions can be changed while it runs.
+
+    Users are either *active* (they can log in and are listed by ``user_data``) or *pending*
+    (registered, waiting for an admin's approval: they cannot log in and are listed only by
+    ``pending_users``).  Permissions are ``"read"`` or ``"write"``; package names may be given
+    in any spelling and are stored canonical.  Unknown users and groups fail the Deferred with
+    :class:`~pypicloud_tx.errors.NotFound`; creating what exists fails with
+    :class:`~pypicloud_tx.errors.Conflict`.
+    """
+
+    def create_user(
+        username: str, password: str, admin: bool = False, pending: bool = False
+    ) -> Deferred[None]:
+        """Add a user with ``password`` (hashed off the reactor thread).
+
+        :raises Conflict: if a user (active or pending) of that name exists.
+        """
+
+    def approve_user(username: str) -> Deferred[None]:
+        """Make a pending user active.  :raises NotFound: if no such user is pending."""
+
+    def pending_users() -> Deferred[list[str]]:
+        """The names of the users waiting for approval, sorted."""
+
+    def set_password(username: str, password: str) -> Deferred[None]:
+        """Replace a user's password (hashed off the reactor thread).  :raises NotFound:"""
+
+    def delete_user(username: str) -> Deferred[None]:
+        """Remove a user (active or pending) with their group memberships and package
+        permissions.  :raises NotFound: if there is no such user."""
+
+    def set_admin(username: str, admin: bool) -> Deferred[None]:
+        """Grant or revoke a user's stored admin flag.  :raises NotFound:"""
+
+    def create_group(group: str) -> Deferred[None]:
+        """Add an empty group.  :raises Conflict: if it exists, or is ``everyone`` or
+        ``authenticated``."""
+
+    def delete_group(group: str) -> Deferred[None]:
+        """Remove a group with its memberships and package permissions.  :raises NotFound:"""
+
+    def edit_user_group(username: str, group: str, add: bool) -> Deferred[None]:
+        """Add ``username`` to ``group`` (``add``) or remove them; doing what is already done is
+        not an error.  :raises NotFound: for an unknown user or group."""
+
+    def edit_user_permission(package: str, username: str, perm: str, add: bool) -> Deferred[None]:
+        """Grant (``add``) or revoke ``perm`` on ``package`` for a user.
+
+        :raises NotFound: for an unknown user.
+        :raises ValueError: if ``perm`` is neither ``"read"`` nor ``"write"``.
+        """
+
+    def edit_group_permission(package: str, group: str, perm: str, add: bool) -> Deferred[None]:
+        """Grant (``add``) or revoke ``perm`` on ``package`` for a group, ``everyone`` or
+        ``authenticated``.
+
+        :raises NotFound: for an unknown group.
+        :raises ValueError: if ``perm`` is neither ``"read"`` nor ``"write"``.
+        """
+
+    def allow_register() -> Deferred[bool]:
+        """Whether anyone may register (as a pending user)."""
+
+    def set_allow_register(allow: bool) -> Deferred[None]:
+        """Open or close registration."""
+
+    def load(data: Mapping[str, object]) -> Deferred[None]:
+        """Add what ``data`` (pypicloud's export format, as ``IAccessBackend.dump`` writes it,
+        optionally with ``pending_users``) holds and this backend lacks.
+
+        Never clobbers: existing users keep their password hashes and flags.  Groups gain the
+        listed members, permissions are granted, ``allow_register`` is set when present.
+        Loading the same data twice changes nothing the second time.
+        """

@@ -17,6 +17,7 @@ _CACHE = {
 }
 _ACCESS = {
     "config": "pypicloud_tx.backends.access.config:ConfigAccessBackend",
+    "sql": "pypicloud_tx.backends.access.sql:SQLAccessBackend",
 }
 #: pypicloud's own class paths, so an existing server.ini keeps working.
 _PYPICLOUD = {
@@ -26,6 +27,8 @@ _PYPICLOUD = {
     "pypicloud.cache.sql.SQLCache": "sql",
     "pypicloud.access.ConfigAccessBackend": "config",
     "pypicloud.access.config.ConfigAccessBackend": "config",
+    "pypicloud.access.SQLAccessBackend": "sql",
+    "pypicloud.access.sql.SQLAccessBackend": "sql",
 }
 
 KINDS = {"pypi.storage": _STORAGE, "pypi.db": _CACHE, "pypi.auth": _ACCESS}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -12,6 +13,8 @@ from pypicloud_tx.config.loader import parse_settings
 from pypicloud_tx.interfaces import IAccessBackend
 from pypicloud_tx.runtime import Runtime
 from tests.config import manual
+
+from .conformance import IAccessConformance
 
 R = frozenset({"read"})
 RW = frozenset({"read", "write"})
@@ -126,4 +129,30 @@ class ConfigAccessBackendTests(SynchronousTestCase):
                     "pyramid-head": {"brotatos": ["read", "write"], "everyone": ["read"]},
                 },
             },
+        )
+
+
+def config_options(data: dict[str, Any]) -> dict[str, str]:
+    """``user.*``, ``group.*``, ``package.*`` and ``auth.admins`` lines holding ``data``."""
+    raw = {"pypi.storage": "memory", "pypi.db": "memory"}
+    for user in data["users"]:
+        raw[f"user.{user['username']}"] = user["password"]
+    raw["auth.admins"] = " ".join(u["username"] for u in data["users"] if u["admin"])
+    for group, members in data["groups"].items():
+        raw[f"group.{group}"] = "\n".join(members)
+    for kind in ("users", "groups"):
+        for package, grants in data["packages"][kind].items():
+            for who, perms in grants.items():
+                text = "rw" if "write" in perms else "r"
+                raw[f"package.{package}.{kind[:-1]}.{who}"] = text
+    return raw
+
+
+class ConfigAccessConformanceTests(IAccessConformance, SynchronousTestCase):
+    """ConfigAccessBackend passes the shared IAccessBackend suite."""
+
+    def make_backend(self, data: dict[str, Any]) -> ConfigAccessBackend:
+        settings = parse_settings(config_options(data))
+        return ConfigAccessBackend.from_config(
+            settings.access.options, Runtime.synchronous(settings=settings)
         )

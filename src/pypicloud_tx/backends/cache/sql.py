@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pypicloud_tx.backends._sql import run_on_engine
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.backends.cache._reload import (
     SummaryRow,
@@ -294,30 +295,7 @@ class SQLCache:
     # -- running blocking work ------------------------------------------------------------------
 
     def _blocking(self, work: Callable[[Engine], T]) -> T:
-        """Run ``work`` (on a pool thread), turning an unreachable database into
-        :class:`BackendUnavailable`."""
-        with self._lock:
-            try:
-                return work(self._engine)
-            except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
-                raise self._unavailable(e) from None
-            except sa_exc.DBAPIError as e:
-                if e.connection_invalidated:
-                    raise self._unavailable(e) from None
-                raise
-            except sa_exc.TimeoutError as e:
-                raise self._unavailable(e) from None
-
-    def _unavailable(self, error: Exception) -> BackendUnavailable:
-        original = getattr(error, "orig", None) or error
-        lines = str(original).strip().splitlines()
-        reason = lines[0] if lines else type(original).__name__
-        password = self._engine.url.password
-        if password:
-            reason = reason.replace(str(password), "***")
-        # twisted.logger spells it warn(), not warning().
-        log.warn("the cache database is unreachable: {reason}", reason=reason)
-        return BackendUnavailable(f"the cache database is unreachable: {reason}")
+        return run_on_engine(self._engine, work, "the cache database", self._lock)
 
     def _transaction(self, work: Callable[[Connection], T]) -> Deferred[T]:
         def run(engine: Engine) -> T:
