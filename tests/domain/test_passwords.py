@@ -129,3 +129,17 @@ class HashTests(SynchronousTestCase):
             assert problem is not None
             self.assertNotIn("\n", problem)
         self.assertIn("sha256_crypt", hash_problem(context, "$5$rounds=80000$x$y") or "")
+
+
+class HashWithTests(SynchronousTestCase):
+    def test_hash_verifies_with_passlib_and_keeps_rounds(self) -> None:
+        """A hash made by ``hash_with`` (crypt(3) where available) is a standard
+        sha512_crypt hash with the context's rounds that passlib itself verifies."""
+        from passlib.hash import sha512_crypt
+
+        from pypicloud_tx.domain.passwords import hash_with, password_context
+
+        hashed = hash_with(password_context(6000), "s3cret")
+        self.assertTrue(hashed.startswith("$6$rounds=6000$"), hashed)
+        self.assertTrue(sha512_crypt.verify("s3cret", hashed))
+        self.assertFalse(sha512_crypt.verify("wrong", hashed))

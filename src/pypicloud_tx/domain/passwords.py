@@ -55,7 +55,23 @@ def password_context(rounds: int | None = None) -> CryptContext:
 
 def hash_password(password: str, rounds: int | None = None) -> str:
     """The hash of ``password`` in :data:`DEFAULT_SCHEME`, for a ``user.<name> =`` line."""
-    return str(password_context(rounds).hash(password))
+    return hash_with(password_context(rounds), password)
+
+
+def hash_with(context: CryptContext, password: str) -> str:
+    """``password`` hashed by ``context``'s default scheme: with the C library's crypt(3)
+    where Python still offers it (libpass's sha512_crypt is pure Python, slower and holding
+    the GIL), else with passlib.  Both write the same ``$6$rounds=N$salt$...`` format."""
+    if _crypt is not None and "\x00" not in password:
+        config = context.genconfig()
+        settings = config.rstrip(".").rstrip("$")
+        try:
+            computed = _crypt(password, settings)
+        except (ValueError, OSError):
+            computed = None
+        if computed is not None and computed.startswith(settings + "$"):
+            return computed
+    return str(context.hash(password))
 
 
 def hash_problem(context: CryptContext, hashed: str) -> str | None:

@@ -31,7 +31,12 @@ from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.backends.cache.sql import create_engine, normalise_url
 from pypicloud_tx.config.options import as_int, as_list, as_str, option
 from pypicloud_tx.domain.names import canonical
-from pypicloud_tx.domain.passwords import check_rounds, password_context, verify_password
+from pypicloud_tx.domain.passwords import (
+    check_rounds,
+    hash_with,
+    password_context,
+    verify_password,
+)
 from pypicloud_tx.errors import BackendUnavailable, Conflict, NotFound
 from pypicloud_tx.interfaces import READ, WRITE, IMutableAccessBackend
 from pypicloud_tx.runtime import Runtime
@@ -400,7 +405,7 @@ class SQLAccessBackend:
     # -- IMutableAccessBackend ------------------------------------------------------------------
 
     def _hash(self, password: str) -> str:
-        return str(self._context.hash(password))
+        return hash_with(self._context, password)
 
     def create_user(
         self, username: str, password: str, admin: bool = False, pending: bool = False
