@@ -51,6 +51,8 @@ setup(
         "console_scripts": [
             "pypicloud-tx = pypicloud_tx.scripts.cli:main",
             "ppc-gen-password = pypicloud_tx.scripts.cli:gen_password_alias",
+            "ppc-export = pypicloud_tx.scripts.cli:export_alias",
+            "ppc-import = pypicloud_tx.scripts.cli:import_alias",
         ]
     },
     classifiers=[

@@ -1,7 +1,8 @@
 """``pypicloud-tx <command>``: the command-line tools.
 
 Each command that pypicloud had is also installed under pypicloud's name
-(``ppc-gen-password``); ``rebuild`` is new (pypicloud only had ``/admin/rebuild``).
+(``ppc-gen-password``, ``ppc-export``, ``ppc-import``); ``rebuild`` is new (pypicloud
+only had ``/admin/rebuild``).
 Errors go to stderr with a non-zero exit status; progress goes to stderr too, so stdout
 carries only the command's result.
 """
@@ -15,7 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from pypicloud_tx import __version__
-from pypicloud_tx.errors import ConfigError, PPCError
+from pypicloud_tx.errors import ConfigError
+from pypicloud_tx.scripts.acl import add_acl_commands
+from pypicloud_tx.scripts.runner import progress, with_backends
 
 
 def _gen_password(args: argparse.Namespace) -> int:
@@ -36,18 +39,13 @@ def _gen_password(args: argparse.Namespace) -> int:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    from twisted.internet.defer import Deferred
-    from twisted.internet.task import LoopingCall, react
+    from twisted.internet.task import LoopingCall
 
     from pypicloud_tx.config.loader import load_settings
 
     settings = load_settings(args.config)
-    status = []
 
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    def main(reactor: Any) -> Deferred[None]:
+    async def work(backends: Any, index: Any, reactor: Any) -> int:
         started = reactor.seconds()
         step = ["reading storage"]
 
@@ -56,53 +54,22 @@ def _rebuild(args: argparse.Namespace) -> int:
             if elapsed >= args.progress_every:
                 progress(f"... still {step[0]} ({elapsed:.1f}s)")
 
-        async def run() -> None:
-            from pypicloud_tx.application import (
-                ThreadPools,
-                build_backends,
-                build_index,
-                start_backends,
-                stop_backends,
-            )
-            from pypicloud_tx.runtime import Runtime
+        def report(message: str) -> None:
+            progress(message)
+            step[0] = "writing the cache"
 
-            pools = ThreadPools(reactor)
-            pools.startService()
-            runtime = Runtime(reactor=reactor, threads=pools, here=settings.here, settings=settings)
-            ticker = LoopingCall(still_working)
-            ticker.clock = reactor
-            backends = build_backends(settings, runtime)
-            try:
-                await start_backends(backends)
-                index = build_index(settings, backends, runtime)
-                ticker.start(args.progress_every, now=False)
+        ticker = LoopingCall(still_working)
+        ticker.clock = reactor
+        ticker.start(args.progress_every, now=False)
+        try:
+            progress(f"reading storage ({settings.storage.name})")
+            count = await index.rebuild(report)
+        finally:
+            ticker.stop()
+        progress(f"cache rebuilt: {count} files in {reactor.seconds() - started:.1f}s")
+        return 0
 
-                def report(message: str) -> None:
-                    progress(message)
-                    step[0] = "writing the cache"
-
-                progress(f"reading storage ({settings.storage.name})")
-                count = await index.rebuild(report)
-                elapsed = reactor.seconds() - started
-                progress(f"cache rebuilt: {count} files in {elapsed:.1f}s")
-                status.append(0)
-            except PPCError as e:
-                print(f"error: {e.message}", file=sys.stderr)
-                status.append(1)
-            finally:
-                if ticker.running:
-                    ticker.stop()
-                await stop_backends(backends)
-                await pools.stopService()
-
-        return Deferred.fromCoroutine(run())
-
-    try:
-        react(main, [])
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code) if isinstance(e.code, int) else 1
-    return status[0] if status else 1
+    return with_backends(settings, work)
 
 
 def _rounds(text: str) -> int:
@@ -158,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
         help="how often to say the rebuild is still running (default 5)",
     )
     rebuild.set_defaults(func=_rebuild)
+    add_acl_commands(commands)
     return top
 
 
@@ -179,6 +147,16 @@ def _alias(command: str) -> int:
 def gen_password_alias() -> int:
     """``ppc-gen-password``."""
     return _alias("gen-password")
+
+
+def export_alias() -> int:
+    """``ppc-export``."""
+    return _alias("export")
+
+
+def import_alias() -> int:
+    """``ppc-import``."""
+    return _alias("import")
 
 
 if __name__ == "__main__":
