@@ -7,8 +7,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from sqlalchemy import MetaData
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from twisted.logger import Logger
 
 from pypicloud_tx.errors import BackendUnavailable
@@ -46,3 +47,25 @@ def unavailable(engine: Engine, error: Exception, what: str) -> BackendUnavailab
         reason = reason.replace(str(password), "***")
     log.warn("{what} is unreachable: {reason}", what=what, reason=reason)
     return BackendUnavailable(f"{what} is unreachable: {reason}")
+
+
+def create_tables(engine: Engine, metadata: MetaData, what: str) -> None:
+    """Create ``metadata``'s tables that do not exist yet; another process may race us."""
+    try:
+        metadata.create_all(engine)
+    except (sa_exc.ProgrammingError, sa_exc.IntegrityError):
+        # Another process created them between our check and our CREATE; check again.
+        metadata.create_all(engine)
+    log.info(
+        "{what} ready at {url}", what=what, url=engine.url.render_as_string(hide_password=True)
+    )
+
+
+def in_transaction(work: Callable[[Connection], T]) -> Callable[[Engine], T]:
+    """``work`` wrapped to run in one transaction on an engine (for :func:`run_on_engine`)."""
+
+    def run(engine: Engine) -> T:
+        with engine.begin() as conn:
+            return work(conn)
+
+    return run

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pypicloud_tx import __version__
-from pypicloud_tx.backends._sql import run_on_engine
+from pypicloud_tx.backends._sql import create_tables, in_transaction, run_on_engine
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.backends.cache.sql import create_engine, normalise_url
 from pypicloud_tx.config.options import as_int, as_list, as_str, option
@@ -180,15 +180,7 @@ class SQLAccessBackend:
         return self._run(self._engine.dispose)
 
     def _create_tables(self, engine: Engine) -> None:
-        try:
-            metadata.create_all(engine)
-        except (sa_exc.ProgrammingError, sa_exc.IntegrityError):
-            # Another process created them between our check and our CREATE; check again.
-            metadata.create_all(engine)
-        log.info(
-            "access database ready at {url}",
-            url=engine.url.render_as_string(hide_password=True),
-        )
+        create_tables(engine, metadata, "the access database")
 
     # -- running blocking work ------------------------------------------------------------------
 
@@ -196,11 +188,7 @@ class SQLAccessBackend:
         return run_on_engine(self._engine, work, "the access database", self._lock)
 
     def _transaction(self, work: Callable[[Connection], T]) -> Deferred[T]:
-        def run(engine: Engine) -> T:
-            with engine.begin() as conn:
-                return work(conn)
-
-        return self._run(self._blocking, run)
+        return self._run(self._blocking, in_transaction(work))
 
     # -- reading helpers (inside a transaction) -------------------------------------------------
 

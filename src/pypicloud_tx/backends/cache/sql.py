@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pypicloud_tx.backends._sql import run_on_engine
+from pypicloud_tx.backends._sql import create_tables, in_transaction, run_on_engine
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.backends.cache._reload import (
     SummaryRow,
@@ -282,15 +282,7 @@ class SQLCache:
 
     def _create_tables(self, engine: Engine) -> None:
         _drop_orphaned_sqlite_journal(engine.url)
-        try:
-            metadata.create_all(engine)
-        except (sa_exc.ProgrammingError, sa_exc.IntegrityError):
-            # Another process created them between our check and our CREATE; check again.
-            metadata.create_all(engine)
-        log.info(
-            "cache database ready at {url}",
-            url=engine.url.render_as_string(hide_password=True),
-        )
+        create_tables(engine, metadata, "the cache database")
 
     # -- running blocking work ------------------------------------------------------------------
 
@@ -298,11 +290,7 @@ class SQLCache:
         return run_on_engine(self._engine, work, "the cache database", self._lock)
 
     def _transaction(self, work: Callable[[Connection], T]) -> Deferred[T]:
-        def run(engine: Engine) -> T:
-            with engine.begin() as conn:
-                return work(conn)
-
-        return self._run(self._blocking, run)
+        return self._run(self._blocking, in_transaction(work))
 
     # -- writing --------------------------------------------------------------------------------
 
