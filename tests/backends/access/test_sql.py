@@ -12,9 +12,9 @@ from sqlalchemy.pool import NullPool
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from pypicloud_tx.backends._sql import normalise_url
 from pypicloud_tx.backends._threads import ThreadPoolService
 from pypicloud_tx.backends.access.sql import SQLAccessBackend
-from pypicloud_tx.backends.cache.sql import normalise_url
 from pypicloud_tx.config.loader import parse_settings
 from pypicloud_tx.errors import BackendUnavailable, ConfigError
 from pypicloud_tx.runtime import Runtime

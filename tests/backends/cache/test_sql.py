@@ -14,14 +14,9 @@ from sqlalchemy.pool import NullPool, StaticPool
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from pypicloud_tx.backends._sql import SQLITE_BUSY_TIMEOUT_MS, normalise_url
 from pypicloud_tx.backends._threads import ThreadPoolService
-from pypicloud_tx.backends.cache.sql import (
-    SQLITE_BUSY_TIMEOUT_MS,
-    SQLCache,
-    files_table,
-    normalise_url,
-    upsert_statement,
-)
+from pypicloud_tx.backends.cache.sql import SQLCache, files_table, upsert_statement
 from pypicloud_tx.domain.models import PackageFile
 from pypicloud_tx.errors import BackendUnavailable, ConfigError
 from pypicloud_tx.interfaces import ICache

@@ -1,7 +1,7 @@
 """Users, groups and package permissions in a SQL database (``pypi.auth = sql``).
 
 SQLAlchemy 2 Core on the ``auth-db`` thread pool, with the engine settings of the SQL cache
-(:func:`pypicloud_tx.backends.cache.sql.create_engine`): SQLite, PostgreSQL and MySQL/MariaDB.
+(:func:`pypicloud_tx.backends._sql.create_engine`): SQLite, PostgreSQL and MySQL/MariaDB.
 ``auth.db.url`` may name the same database as ``db.url``: every table here is named
 ``ppc_auth_*``, apart from the cache's ``ppc_files``.
 
@@ -12,7 +12,6 @@ on the pool's threads, never on the reactor thread.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -20,15 +19,14 @@ import attrs
 import sqlalchemy as sa
 from passlib.context import CryptContext
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import Connection, Engine
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from pypicloud_tx import __version__
-from pypicloud_tx.backends._sql import create_tables, in_transaction, run_on_engine
+from pypicloud_tx.backends._sql import create_tables, in_transaction, open_engine, run_on_engine
 from pypicloud_tx.backends._threads import RunBlocking
-from pypicloud_tx.backends.cache.sql import create_engine, normalise_url
 from pypicloud_tx.config.options import as_int, as_list, as_str, option
 from pypicloud_tx.domain.names import canonical
 from pypicloud_tx.domain.passwords import (
@@ -111,10 +109,6 @@ def _names(names: Iterable[str]) -> frozenset[str]:
     return frozenset(names)
 
 
-def _is_memory_sqlite(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-
-
 def _principal(group: str) -> str:
     return group if group in BUILTIN_GROUPS else f"group:{group}"
 
@@ -157,12 +151,9 @@ class SQLAccessBackend:
 
         :raises ConfigError: for an unreadable URL or a missing database driver.
         """
-        url = normalise_url(options.db__url)
-        lock: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if _is_memory_sqlite(url) else contextlib.nullcontext()
-        )
+        engine, lock = open_engine(options.db__url, "auth.db.url", THREADS)
         return cls(
-            engine=create_engine(url),
+            engine=engine,
             run=runtime.threads("auth-db", THREADS),
             admins=options.admins,
             context=password_context(options.rounds),

@@ -15,7 +15,6 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -23,13 +22,19 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection, Engine
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pypicloud_tx.backends._sql import create_tables, in_transaction, run_on_engine
+from pypicloud_tx.backends._sql import (
+    create_tables,
+    drop_orphaned_sqlite_journal,
+    in_transaction,
+    is_memory_sqlite,
+    open_engine,
+    run_on_engine,
+)
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.backends.cache._reload import (
     SummaryRow,
@@ -42,7 +47,7 @@ from pypicloud_tx.backends.cache._reload import (
 )
 from pypicloud_tx.config.options import as_str, option
 from pypicloud_tx.domain.models import PackageFile, ProjectSummary
-from pypicloud_tx.errors import BackendUnavailable, ConfigError
+from pypicloud_tx.errors import BackendUnavailable
 from pypicloud_tx.interfaces import ICache
 from pypicloud_tx.runtime import Runtime
 
@@ -53,21 +58,6 @@ T = TypeVar("T")
 #: ``IN (...)`` list (SQLite allows a few thousand bound parameters per statement).
 BATCH_SIZE = 500
 THREADS = 10
-#: Seconds to wait for a PostgreSQL or MySQL connection unless the URL says otherwise.
-CONNECT_TIMEOUT = 10
-#: Milliseconds a SQLite writer waits for another process's lock before failing.
-SQLITE_BUSY_TIMEOUT_MS = 5000
-
-# pypicloud's URLs name no driver, or one we do not install; these are the ones we support.
-_DRIVERS = {
-    "postgres": "postgresql+psycopg",
-    "postgresql": "postgresql+psycopg",
-    "mysql": "mysql+pymysql",
-    "mariadb": "mariadb+pymysql",
-}
-_SUPPORTED = ("sqlite", "postgresql", "mysql", "mariadb")
-_EXTRAS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
-
 metadata = sa.MetaData()
 
 files_table = sa.Table(
@@ -89,102 +79,6 @@ files_table = sa.Table(
     ),
 )
 _UPDATED = ("name", "version", "upload_time", "summary", "record")
-
-
-def normalise_url(text: str) -> URL:
-    """The SQLAlchemy URL for ``text``, with pypicloud-style driverless URLs given our drivers.
-
-    ``postgres://`` and ``postgresql://`` use psycopg 3; ``mysql://`` uses PyMySQL with the
-    ``utf8mb4`` character set unless the URL names one.
-
-    :raises ConfigError: if SQLAlchemy cannot read the URL.
-    """
-    try:
-        url = make_url(text)
-    except sa_exc.ArgumentError:
-        raise ConfigError(
-            "db.url: not a database URL (examples: sqlite:///%(here)s/db.sqlite, "
-            "postgresql://user:password@host/dbname, mysql://user:password@host/dbname)"
-        ) from None
-    if url.drivername in _DRIVERS:
-        url = url.set(drivername=_DRIVERS[url.drivername])
-    if url.get_backend_name() in ("mysql", "mariadb") and "charset" not in url.query:
-        url = url.update_query_dict({"charset": "utf8mb4"})
-    return url
-
-
-def _is_memory_sqlite(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-
-
-def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        # WAL lets readers keep reading the old rows while a reload rewrites the table.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    finally:
-        cursor.close()
-
-
-def create_engine(url: URL) -> Engine:
-    """An engine for ``url`` with the settings this cache relies on.  Connects to nothing.
-
-    :raises ConfigError: for a database other than SQLite, PostgreSQL and MySQL/MariaDB (each
-        needs its own upsert), or if the database's driver is not installed.
-    """
-    backend = url.get_backend_name()
-    if backend not in _SUPPORTED:
-        raise ConfigError(
-            f"db.url: {backend} databases are not supported "
-            "(use sqlite, postgresql or mysql/mariadb)"
-        )
-    # One pooled connection per worker thread, so none is opened per request.
-    kwargs: dict[str, Any] = {"pool_size": THREADS, "max_overflow": 0}
-    connect_args: dict[str, Any] = {}
-    if backend != "sqlite":
-        # A network database may have restarted: test a connection before using it.
-        kwargs["pool_pre_ping"] = True
-    if backend == "sqlite":
-        connect_args["check_same_thread"] = False
-        if _is_memory_sqlite(url):
-            # One connection for every thread, or each would see its own empty database.
-            kwargs = {"poolclass": StaticPool}
-    elif backend in ("postgresql", "mysql", "mariadb"):
-        if backend == "postgresql":
-            connect_args["client_encoding"] = "utf8"
-        if "connect_timeout" not in url.query:
-            connect_args["connect_timeout"] = CONNECT_TIMEOUT
-    try:
-        engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
-    except ImportError as e:
-        extra = _EXTRAS.get(backend)
-        hint = f"; install it with: pip install 'pypicloud-tx[{extra}]'" if extra else ""
-        raise ConfigError(f"db.url: the database driver is not installed ({e}){hint}") from None
-    except sa_exc.ArgumentError as e:
-        raise ConfigError(f"db.url: {e}") from None
-    if backend == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _drop_orphaned_sqlite_journal(url: URL) -> None:
-    """Remove ``-wal``/``-shm`` files left beside a deleted SQLite database.
-
-    Deleting ``db.sqlite`` to force a rebuild is a documented way to recover; SQLite would
-    otherwise meet the old journal and fail with "disk I/O error".
-    """
-    if url.get_backend_name() != "sqlite" or _is_memory_sqlite(url):
-        return
-    path = str(url.database)
-    if os.path.exists(path):
-        return
-    for suffix in ("-wal", "-shm", "-journal"):
-        try:
-            os.remove(path + suffix)
-            log.info("removed {path} left behind by a deleted database", path=path + suffix)
-        except FileNotFoundError:
-            pass
 
 
 def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -264,11 +158,8 @@ class SQLCache:
 
         :raises ConfigError: for an unreadable URL or a missing database driver.
         """
-        url = normalise_url(options.url)
-        lock: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if _is_memory_sqlite(url) else contextlib.nullcontext()
-        )
-        return cls(engine=create_engine(url), run=runtime.threads("db", THREADS), lock=lock)
+        engine, lock = open_engine(options.url, "db.url", THREADS)
+        return cls(engine=engine, run=runtime.threads("db", THREADS), lock=lock)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -281,7 +172,7 @@ class SQLCache:
         return self._run(self._engine.dispose)
 
     def _create_tables(self, engine: Engine) -> None:
-        _drop_orphaned_sqlite_journal(engine.url)
+        drop_orphaned_sqlite_journal(engine.url)
         create_tables(engine, metadata, "the cache database")
 
     # -- running blocking work ------------------------------------------------------------------
@@ -434,7 +325,7 @@ class SQLCache:
     @property
     def _sqlite_path(self) -> str | None:
         url = self._engine.url
-        if url.get_backend_name() != "sqlite" or _is_memory_sqlite(url):
+        if url.get_backend_name() != "sqlite" or is_memory_sqlite(url):
             return None
         return str(url.database)
 
