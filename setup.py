@@ -33,12 +33,14 @@ setup(
     extras_require={
         "postgresql": ["psycopg[binary]>=3.1"],
         "mysql": ["pymysql>=1.1"],
+        "ldap": ["ldap3>=2.9"],
         "test": [
             "hypothesis>=6.100",
             "twine>=6.0",
             "uv>=0.5",
             "pip>=24.0",
             "psycopg[binary]>=3.1",
+            "ldap3>=2.9",
             # test_dists builds sdists with --no-build-isolation (bdist_wheel needs 70.1)
             "setuptools>=70.1",
             # .ci/run's lint step (also tox -e lint / -e mypy)

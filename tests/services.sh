@@ -14,6 +14,12 @@
 #   service     port (override)                 exported for the tests
 #   postgres    25432 ($PPC_POSTGRES_PORT)      PPC_TEST_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:25432/postgres
 #   redis       26379 ($PPC_REDIS_PORT)         PPC_TEST_REDIS_URL=redis://127.0.0.1:26379/0
+#   slapd       23389 ($PPC_LDAP_PORT)          PPC_TEST_LDAP_URL=ldap://127.0.0.1:23389
+#                                               PPC_TEST_LDAP_BASE=dc=pypicloud,dc=test
+#                                               PPC_TEST_LDAP_ADMIN=cn=admin,dc=pypicloud,dc=test
+#                                               PPC_TEST_LDAP_PASSWORD=<the admin password>
+#   moto        25000 ($PPC_MOTO_PORT)          PPC_TEST_AWS_URL=http://127.0.0.1:25000
+#                                               (S3, DynamoDB, Secrets Manager; any credentials)
 #
 # Adding a service NAME: append it to SERVICES and define
 #   svc_NAME_packages   echo the Debian packages it needs
@@ -26,7 +32,7 @@
 set -Eeuo pipefail
 trap 'echo "services.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
-SERVICES=(postgres redis)
+SERVICES=(postgres redis slapd moto)
 
 SERVICES_DIR=${PPC_SERVICES_DIR:-/tmp/pypicloud-tx-services}
 RUN=$SERVICES_DIR/run                        # pid files, logs, data; removed by `stop`
@@ -34,6 +40,10 @@ TOOLS_VENV=$SERVICES_DIR/tools-venv          # PyPI-installed servers; kept by `
 READY_TIMEOUT=${PPC_SERVICES_TIMEOUT:-60}    # seconds each service gets to become ready
 POSTGRES_PORT=${PPC_POSTGRES_PORT:-25432}
 REDIS_PORT=${PPC_REDIS_PORT:-26379}
+LDAP_PORT=${PPC_LDAP_PORT:-23389}
+LDAP_BASE=dc=pypicloud,dc=test
+LDAP_ADMIN_PASSWORD=ppc-test-admin
+MOTO_PORT=${PPC_MOTO_PORT:-25000}
 
 log() { printf '[%(%H:%M:%S)T] services: %s\n' -1 "$*" >&2; }
 now() { date +%s.%N; }
@@ -145,6 +155,77 @@ svc_redis_start() {
 }
 
 svc_redis_env() { echo "export PPC_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"; }
+
+# ------------------------------------------------------------------ slapd
+# An empty directory (the base entry only) with an all-powerful admin: each test class adds its
+# own organisational unit under the base and removes it afterwards.
+svc_slapd_packages() { echo slapd ldap-utils; }
+
+svc_slapd_installed() {
+  command -v slapd >/dev/null && command -v slapadd >/dev/null && command -v ldapsearch >/dev/null
+}
+
+svc_slapd_start() {
+  local dir=$RUN/slapd
+  mkdir -p "$dir/db"
+  cat >"$dir/slapd.conf" <<EOF
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include /etc/ldap/schema/nis.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+pidfile $RUN/slapd.pid
+argsfile $dir/slapd.args
+database mdb
+maxsize 104857600
+suffix "$LDAP_BASE"
+rootdn "cn=admin,$LDAP_BASE"
+rootpw $LDAP_ADMIN_PASSWORD
+directory $dir/db
+index objectClass,uid,cn,member eq
+access to attrs=userPassword by self write by anonymous auth by * none
+access to * by * read
+EOF
+  cat >"$dir/base.ldif" <<EOF
+dn: $LDAP_BASE
+objectClass: top
+objectClass: dcObject
+objectClass: organization
+o: pypicloud-tx tests
+dc: pypicloud
+EOF
+  # Loaded offline, then served; slapd forks and writes its pid file itself.
+  slapadd -q -f "$dir/slapd.conf" -l "$dir/base.ldif" >"$RUN/slapd.log" 2>&1 ||
+    { show_log slapd "load its base entry"; return 1; }
+  slapd -f "$dir/slapd.conf" -h "ldap://127.0.0.1:$LDAP_PORT/" >>"$RUN/slapd.log" 2>&1 ||
+    { show_log slapd start; return 1; }
+  wait_ready slapd ldapsearch -x -H "ldap://127.0.0.1:$LDAP_PORT" -D "cn=admin,$LDAP_BASE" \
+    -w "$LDAP_ADMIN_PASSWORD" -b "$LDAP_BASE" -s base dn
+}
+
+svc_slapd_env() {
+  echo "export PPC_TEST_LDAP_URL=ldap://127.0.0.1:$LDAP_PORT PPC_TEST_LDAP_BASE=$LDAP_BASE" \
+    "PPC_TEST_LDAP_ADMIN=cn=admin,$LDAP_BASE PPC_TEST_LDAP_PASSWORD=$LDAP_ADMIN_PASSWORD"
+}
+
+# ------------------------------------------------------------------ moto
+# moto_server: S3, DynamoDB and Secrets Manager in memory.  Only the extras the tests use, plus
+# flask for the server (moto[server] would pull in cfn-lint, docker, ...).
+svc_moto_packages() { :; }
+
+svc_moto_pip() { echo "moto[s3,dynamodb]==5.1.* flask flask-cors"; }
+
+svc_moto_installed() { [[ -x $TOOLS_VENV/bin/moto_server ]]; }
+
+svc_moto_start() {
+  nohup "$TOOLS_VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$RUN/moto.log" 2>&1 &
+  echo $! >"$RUN/moto.pid"
+  wait_ready moto "$TOOLS_VENV/bin/python" -c "import urllib.request as u; \
+u.urlopen('http://127.0.0.1:$MOTO_PORT/moto-api/', timeout=2)"
+}
+
+svc_moto_env() { echo "export PPC_TEST_AWS_URL=http://127.0.0.1:$MOTO_PORT"; }
 
 # ------------------------------------------------------------------ commands
 has() { declare -F "$1" >/dev/null; }

@@ -31,6 +31,11 @@ class Conflict(PPCError):
     """The action collides with what is stored (a duplicate upload)."""
 
 
+class ReadOnly(PPCError):
+    """The access backend cannot change users, groups or permissions (config file, LDAP,
+    remote): the message says where they are managed instead."""
+
+
 class InvalidUpload(PPCError):
     """An upload or form is malformed; nothing was changed."""
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from pypicloud_tx.domain.models import PackageFile, ProjectSummary
+    from pypicloud_tx.domain.tokens import ApiToken
 
 #: A permission on a package.
 READ = "read"
@@ -153,7 +154,8 @@ class IAccessBackend(Interface):
         """``(True, "")`` when usable, else ``(False, what is wrong)``."""
 
     def dump() -> Deferred[dict[str, object]]:
-        """Everything, in pypicloud's export format (``users``, ``groups``, ``packages``, ...)."""
+        """Everything, in pypicloud's export format (``users``, ``groups``, ``packages``, ...);
+        mutable backends add ``pending_users`` and ``tokens`` (``ApiToken.to_dict`` records)."""
 
 
 class IMutableAccessBackend(IAccessBackend):
@@ -185,8 +187,8 @@ class IMutableAccessBackend(IAccessBackend):
         """Replace a user's password (hashed off the reactor thread).  :raises NotFound:"""
 
     def delete_user(username: str) -> Deferred[None]:
-        """Remove a user (active or pending) with their group memberships and package
-        permissions.  :raises NotFound: if there is no such user."""
+        """Remove a user (active or pending) with their group memberships, package permissions
+        and API tokens.  :raises NotFound: if there is no such user."""
 
     def set_admin(username: str, admin: bool) -> Deferred[None]:
         """Grant or revoke a user's stored admin flag.  :raises NotFound:"""
@@ -223,11 +225,28 @@ class IMutableAccessBackend(IAccessBackend):
     def set_allow_register(allow: bool) -> Deferred[None]:
         """Open or close registration."""
 
+    def save_token(token: ApiToken) -> Deferred[None]:
+        """Store an API token record (its secret is already hashed).
+
+        :raises NotFound: if its user does not exist (or is pending).
+        :raises Conflict: if a token with that id exists.
+        """
+
+    def find_token(token_id: str) -> Deferred[ApiToken | None]:
+        """The token with that id, or ``None``."""
+
+    def tokens(username: str | None) -> Deferred[list[ApiToken]]:
+        """The tokens of one user (or of everyone for ``None``), oldest first."""
+
+    def delete_token(token_id: str) -> Deferred[None]:
+        """Revoke a token.  :raises NotFound: if there is no such token."""
+
     def load(data: Mapping[str, object]) -> Deferred[None]:
         """Add what ``data`` (pypicloud's export format, as ``IAccessBackend.dump`` writes it,
-        optionally with ``pending_users``) holds and this backend lacks.
+        optionally with ``pending_users`` and ``tokens``) holds and this backend lacks.
 
         Never clobbers: existing users keep their password hashes and flags.  Groups gain the
-        listed members, permissions are granted, ``allow_register`` is set when present.
+        listed members, permissions are granted, ``allow_register`` is set when present, tokens
+        whose id is unknown are added (``ApiToken.to_dict`` records, for users that exist).
         Loading the same data twice changes nothing the second time.
         """

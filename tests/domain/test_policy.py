@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pypicloud_tx.backends.access.config import ConfigAccessBackend
 from pypicloud_tx.config.loader import parse_settings
-from pypicloud_tx.domain.models import ANONYMOUS, Identity
+from pypicloud_tx.domain.models import ANONYMOUS, Identity, Scope
 from pypicloud_tx.domain.names import canonical
 from pypicloud_tx.domain.policy import (
     AUTHENTICATED,
@@ -114,6 +114,33 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(policy.readable(Identity("a", is_admin=True), names, acls), names)
         self.assertTrue(policy.can(Identity("o", frozenset({"ops"})), READ, acls["secret"]))
         self.assertFalse(policy.can(Identity("o", frozenset({"ops"})), WRITE, acls["secret"]))
+
+    def test_token_scope_narrows(self) -> None:
+        """An API token keeps only its scope's permissions, on its scope's packages, and never
+        more than its owner has (nor less than an anonymous caller)."""
+        policy = Policy(default_read=(AUTHENTICATED,), default_write=(AUTHENTICATED,))
+        upload_one = Identity("u", scope=Scope(frozenset({"mine"}), RW))
+        self.assertEqual(policy.permissions(upload_one, None, "mine"), RW)
+        self.assertEqual(policy.permissions(upload_one, None, "other"), NONE)
+        self.assertEqual(policy.permissions(upload_one, None), NONE)
+        read_all = Identity("u", scope=Scope(frozenset(), R))
+        self.assertEqual(policy.permissions(read_all, None, "other"), R)
+        self.assertEqual(policy.permissions(read_all, {"user:someone": RW}, "locked"), NONE)
+        admin = Identity("root", is_admin=True, scope=Scope(frozenset({"mine"}), R))
+        self.assertEqual(policy.permissions(admin, None, "mine"), R)
+        self.assertEqual(policy.permissions(admin, None, "other"), NONE)
+
+    def test_token_scope_readable(self) -> None:
+        """readable() lists the packages in a token's scope, plus what anyone may read."""
+        policy = Policy(default_read=(AUTHENTICATED,))
+        names = ["a", "b", "c"]
+        scoped = Identity("u", scope=Scope(frozenset({"b", "zz"}), R))
+        self.assertEqual(policy.readable(scoped, names, {}), ["b"])
+        self.assertEqual(policy.readable(scoped, names, {"c": {EVERYONE: R}}), ["b", "c"])
+        write_only = Identity("u", scope=Scope(frozenset(), frozenset({WRITE})))
+        self.assertEqual(policy.readable(write_only, names, {}), [])
+        everyone = Policy(default_read=(EVERYONE,))
+        self.assertEqual(everyone.readable(write_only, names, {}), names)
 
     def test_principals(self) -> None:
         """Anonymous callers are only everyone; users are also authenticated, themselves

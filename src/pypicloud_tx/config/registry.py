@@ -18,6 +18,12 @@ _CACHE = {
 _ACCESS = {
     "config": "pypicloud_tx.backends.access.config:ConfigAccessBackend",
     "sql": "pypicloud_tx.backends.access.sql:SQLAccessBackend",
+    "memory": "pypicloud_tx.backends.access.memory:MemoryAccessBackend",
+    "ldap": "pypicloud_tx.backends.access.ldap:LDAPAccessBackend",
+    "aws_secrets_manager": (
+        "pypicloud_tx.backends.access.aws_secrets_manager:AWSSecretsManagerAccessBackend"
+    ),
+    "remote": "pypicloud_tx.backends.access.remote:RemoteAccessBackend",
 }
 #: pypicloud's own class paths, so an existing server.ini keeps working.
 _PYPICLOUD = {
@@ -29,6 +35,12 @@ _PYPICLOUD = {
     "pypicloud.access.config.ConfigAccessBackend": "config",
     "pypicloud.access.SQLAccessBackend": "sql",
     "pypicloud.access.sql.SQLAccessBackend": "sql",
+    "pypicloud.access.LDAPAccessBackend": "ldap",
+    "pypicloud.access.ldap_.LDAPAccessBackend": "ldap",
+    "pypicloud.access.AWSSecretsManagerAccessBackend": "aws_secrets_manager",
+    "pypicloud.access.aws_secrets_manager.AWSSecretsManagerAccessBackend": "aws_secrets_manager",
+    "pypicloud.access.RemoteAccessBackend": "remote",
+    "pypicloud.access.remote.RemoteAccessBackend": "remote",
 }
 
 KINDS = {"pypi.storage": _STORAGE, "pypi.db": _CACHE, "pypi.auth": _ACCESS}

@@ -86,12 +86,32 @@ class ProjectSummary:
 
 
 @attrs.frozen
+class Scope:
+    """What an API token may do: ``permissions`` (``read``/``write``) on ``packages``
+    (canonical names; empty means every package its owner can reach)."""
+
+    packages: frozenset[str] = frozenset()
+    permissions: frozenset[str] = frozenset()
+
+    def limit(self, package: str, granted: frozenset[str]) -> frozenset[str]:
+        """The part of ``granted`` (the owner's permissions on ``package``) this scope keeps."""
+        if self.packages and package not in self.packages:
+            return frozenset()
+        return granted & self.permissions
+
+
+@attrs.frozen
 class Identity:
-    """Who is asking.  ``username`` is ``None`` for anonymous callers."""
+    """Who is asking.  ``username`` is ``None`` for anonymous callers.
+
+    ``scope`` is set when the caller authenticated with an API token: it narrows what the
+    owner may do, and such a caller can never manage users, tokens or the server.
+    """
 
     username: str | None = None
     groups: frozenset[str] = frozenset()
     is_admin: bool = False
+    scope: Scope | None = None
 
     @property
     def authenticated(self) -> bool:

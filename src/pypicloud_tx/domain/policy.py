@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
-from pypicloud_tx.domain.models import Identity
+from pypicloud_tx.domain.models import ANONYMOUS, Identity
 
 EVERYONE = "everyone"
 AUTHENTICATED = "authenticated"
@@ -55,18 +55,28 @@ class Policy:
             merged.setdefault(group_principal(group), set()).add(WRITE)
         return {p: frozenset(v) for p, v in merged.items()}
 
-    def permissions(self, identity: Identity, acl: ACL | None) -> frozenset[str]:
-        """The permissions ``identity`` has on a package with explicit ``acl`` (or None)."""
-        if identity.is_admin:
-            return frozenset({READ, WRITE})
-        granted: set[str] = set()
-        effective = self.effective_acl(acl)
-        for principal in principals(identity):
-            granted.update(effective.get(principal, ()))
-        return frozenset(granted)
+    def permissions(self, identity: Identity, acl: ACL | None, package: str = "") -> frozenset[str]:
+        """The permissions ``identity`` has on ``package`` (canonical), whose explicit ``acl``
+        is given (or None).
 
-    def can(self, identity: Identity, perm: str, acl: ACL | None) -> bool:
-        return perm in self.permissions(identity, acl)
+        An API token's scope narrows what its owner may do, never below what an anonymous
+        caller may do (presenting credentials must not lose anything).
+        """
+        if identity.is_admin:
+            granted = frozenset({READ, WRITE})
+        else:
+            found: set[str] = set()
+            effective = self.effective_acl(acl)
+            for principal in principals(identity):
+                found.update(effective.get(principal, ()))
+            granted = frozenset(found)
+        if identity.scope is not None:
+            anonymous = self.permissions(ANONYMOUS, acl, package)
+            return identity.scope.limit(package, granted) | anonymous
+        return granted
+
+    def can(self, identity: Identity, perm: str, acl: ACL | None, package: str = "") -> bool:
+        return perm in self.permissions(identity, acl, package)
 
     def readable(
         self, identity: Identity, names: Iterable[str], acls: Mapping[str, ACL]
@@ -76,6 +86,8 @@ class Policy:
         When the caller may read every name, ``names`` itself is returned (not a copy), so
         callers can recognise an unchanged listing by identity.
         """
+        if identity.scope is not None:
+            return [n for n in names if self.can(identity, READ, acls.get(n), n)]
         by_default = self.can(identity, READ, None)
         if identity.is_admin or (by_default and not acls):
             return names if isinstance(names, list) else list(names)

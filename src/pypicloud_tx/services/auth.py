@@ -22,8 +22,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pypicloud_tx.domain.models import ANONYMOUS, Identity
+from pypicloud_tx.domain.tokens import TOKEN_USERNAME, parse_token
 from pypicloud_tx.errors import TooManyAttempts, Unauthenticated
-from pypicloud_tx.interfaces import IAccessBackend
+from pypicloud_tx.interfaces import IAccessBackend, IMutableAccessBackend
 
 log = Logger()
 
@@ -130,8 +131,12 @@ class Authenticator:
             result: Deferred[Identity] = Deferred()
             waiting.append(result)
             return await result
+        # Tokens are throttled per address only: one shared "__token__" window would let anyone
+        # lock every CI job out.  Token secrets are 256-bit: guessing them is hopeless anyway.
+        user_key = f"user:{username}" if username != TOKEN_USERNAME else None
         wait = max(
-            self._by_user.blocked_for(username, now), self._by_address.blocked_for(address, now)
+            self._by_user.blocked_for(user_key, now) if user_key else 0.0,
+            self._by_address.blocked_for(address, now),
         )
         if wait > 0:
             raise TooManyAttempts(
@@ -139,17 +144,22 @@ class Authenticator:
             )
         waiters: list[Deferred[Identity]] = []
         self._checking[fingerprint] = waiters
-        self._by_user.start(username)
+        if user_key:
+            self._by_user.start(user_key)
         self._by_address.start(address)
         try:
-            identity = await self._check(username, password, address)
+            identity, expires = await self._check(username, password, address)
         except BaseException:
             failure = Failure()
             for waiter in waiters:
                 waiter.errback(failure)
             raise
         else:
-            self._verified[fingerprint] = (identity, self._clock.seconds() + self._remember)
+            until = self._clock.seconds() + self._remember
+            self._verified[fingerprint] = (
+                identity,
+                until if expires is None else min(until, expires),
+            )
             while len(self._verified) > self._max_remembered:
                 self._verified.popitem(last=False)
             for waiter in waiters:
@@ -157,22 +167,77 @@ class Authenticator:
             return identity
         finally:
             del self._checking[fingerprint]
-            self._by_user.finish(username)
+            if user_key:
+                self._by_user.finish(user_key)
             self._by_address.finish(address)
 
-    async def _check(self, username: str, password: str, address: str) -> Identity:
+    def forget(self, username: str) -> None:
+        """Drop every remembered login of ``username`` (after a password change, a deletion,
+        a revoked token), so that the old credentials stop working at once in this process."""
+        for fingerprint, (identity, _) in list(self._verified.items()):
+            if identity.username == username:
+                del self._verified[fingerprint]
+
+    def _failed(self, username: str | None, address: str, message: str) -> Unauthenticated:
+        """Count a failed login (per user unless ``username`` is None, and per address)."""
+        now = self._clock.seconds()
+        if username is not None:
+            self._by_user.record(f"user:{username}", now)
+        self._by_address.record(address, now)
+        log.info(
+            "failed login for {user} from {address}",
+            user=username or TOKEN_USERNAME,
+            address=address,
+        )
+        return Unauthenticated(message)
+
+    async def _check(
+        self, username: str, password: str, address: str
+    ) -> tuple[Identity, float | None]:
+        """The identity behind the credentials and when it stops being valid (or None)."""
+        if username == TOKEN_USERNAME:
+            return await self._check_token(password, address)
         if not await self._access.verify_user(username, password):
-            now = self._clock.seconds()
-            self._by_user.record(username, now)
-            self._by_address.record(address, now)
-            log.info("failed login for {user} from {address}", user=username, address=address)
-            raise Unauthenticated("Invalid username or password.")
-        self._by_user.forget(username)
-        return Identity(
+            raise self._failed(username, address, "Invalid username or password.")
+        self._by_user.forget(f"user:{username}")
+        identity = Identity(
             username=username,
             groups=frozenset(await self._access.groups(username)),
             is_admin=await self._access.is_admin(username),
         )
+        return identity, None
+
+    async def _check_token(self, text: str, address: str) -> tuple[Identity, float | None]:
+        """An API token (user name ``__token__``): the owner's identity narrowed to its scope."""
+        parsed = parse_token(text)
+        if parsed is None:
+            raise self._failed(
+                None,
+                address,
+                "The password of user __token__ must be an API token (pypitx_...).",
+            )
+        if not IMutableAccessBackend.providedBy(self._access):
+            raise Unauthenticated(
+                "This server's access backend cannot hold API tokens; log in with a password."
+            )
+        token = await self._access.find_token(parsed[0])
+        if token is None or not token.matches(parsed[1]):
+            raise self._failed(None, address, "Invalid or revoked API token.")
+        expires = None if token.expires is None else token.expires.timestamp()
+        if expires is not None and self._clock.seconds() >= expires:
+            raise Unauthenticated(
+                f"API token {token.name!r} expired at {token.expires:%Y-%m-%d %H:%M} UTC; "
+                "create a new one."
+            )
+        if await self._access.user_data(token.username) is None:
+            raise self._failed(None, address, "Invalid or revoked API token.")
+        identity = Identity(
+            username=token.username,
+            groups=frozenset(await self._access.groups(token.username)),
+            is_admin=await self._access.is_admin(token.username),
+            scope=token.scope,
+        )
+        return identity, expires
 
 
 def parse_basic(header: bytes | None) -> tuple[str, str] | None:

@@ -104,7 +104,7 @@ class PackageIndex:
 
     async def permissions(self, caller: Identity, name: str) -> frozenset[str]:
         """What ``caller`` may do with project ``name`` (canonical)."""
-        return self.policy.permissions(caller, (await self._acls()).get(name))
+        return self.policy.permissions(caller, (await self._acls()).get(name), name)
 
     async def _require(self, caller: Identity, name: str, perm: str) -> None:
         if perm in await self.permissions(caller, name):

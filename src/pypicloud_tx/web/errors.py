@@ -19,6 +19,7 @@ STATUS: dict[type[errors.PPCError], int] = {
     errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.ReadOnly: 409,
     errors.TooLarge: 413,
     errors.TooManyAttempts: 429,
     errors.BackendUnavailable: 503,

@@ -10,6 +10,7 @@ cheap password hashes.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from passlib.hash import sha512_crypt
@@ -17,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from pypicloud_tx.domain.tokens import ApiToken, make_scope, new_token, parse_token
 from pypicloud_tx.errors import Conflict, NotFound
 from pypicloud_tx.interfaces import IAccessBackend, IMutableAccessBackend
 
@@ -63,11 +65,12 @@ else:
 
 def comparable(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` without what backends may legitimately differ on: the version, the order of
-    group members, an empty ``pending_users`` list."""
+    group members, empty ``pending_users`` and ``tokens`` lists."""
     data = copy.deepcopy(data)
     data.pop("version", None)
-    if not data.get("pending_users"):
-        data.pop("pending_users", None)
+    for optional in ("pending_users", "tokens"):
+        if not data.get(optional):
+            data.pop(optional, None)
     data["groups"] = {g: sorted(m) for g, m in data["groups"].items()}
     return data
 
@@ -387,3 +390,83 @@ class IMutableAccessConformance(IAccessConformance):
             self.result(self.backend.dump())["pending_users"],
             [{"username": "fay", "password": fay_hash}],
         )
+
+    # -- API tokens -----------------------------------------------------------------------------
+
+    def _token(self, username: str, name: str = "ci", **extra: Any) -> tuple[str, ApiToken]:
+        created = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+        return new_token(
+            username, name, make_scope(["Polite_Requests"], ["read", "write"]), created, **extra
+        )
+
+    def test_save_and_find_token(self) -> None:
+        """A saved token is found by id with every field as saved, and its secret matches."""
+        text, token = self._token("dsa", expires=dt.datetime(2027, 1, 1, tzinfo=dt.UTC))
+        self.result(self.backend.save_token(token))
+        found = self.result(self.backend.find_token(token.id))
+        self.assertEqual(found, token)
+        self.assertEqual(found.scope.packages, frozenset({"polite-requests"}))
+        parsed = parse_token(text)
+        assert parsed is not None
+        self.assertEqual(parsed[0], token.id)
+        self.assertTrue(found.matches(parsed[1]))
+        self.assertIsNone(self.result(self.backend.find_token("0" * 16)))
+
+    def test_save_token_for_unknown_user(self) -> None:
+        """A token for a user who does not exist (or is pending) is refused with NotFound."""
+        self.failureResultOf(self.backend.save_token(self._token("nobody")[1]), NotFound)
+        self.result(self.backend.create_user("waiting", "w", pending=True))
+        self.failureResultOf(self.backend.save_token(self._token("waiting")[1]), NotFound)
+
+    def test_save_token_twice(self) -> None:
+        """Saving a token id twice is a Conflict."""
+        token = self._token("dsa")[1]
+        self.result(self.backend.save_token(token))
+        self.failureResultOf(self.backend.save_token(token), Conflict)
+
+    def test_list_tokens(self) -> None:
+        """tokens(user) lists that user's tokens oldest first; tokens(None) lists everyone's."""
+        first = self._token("dsa", "first")[1]
+        second = new_token(
+            "dsa",
+            "second",
+            make_scope([], ["read"]),
+            dt.datetime(2026, 2, 1, tzinfo=dt.UTC),
+        )[1]
+        other = self._token("donlan", "theirs")[1]
+        for token in (second, other, first):
+            self.result(self.backend.save_token(token))
+        self.assertEqual(self.result(self.backend.tokens("dsa")), [first, second])
+        self.assertEqual(self.result(self.backend.tokens("stevearc")), [])
+        self.assertEqual(
+            sorted(t.id for t in self.result(self.backend.tokens(None))),
+            sorted([first.id, second.id, other.id]),
+        )
+
+    def test_delete_token(self) -> None:
+        """A revoked token is gone; revoking it again is NotFound."""
+        token = self._token("dsa")[1]
+        self.result(self.backend.save_token(token))
+        self.result(self.backend.delete_token(token.id))
+        self.assertIsNone(self.result(self.backend.find_token(token.id)))
+        self.failureResultOf(self.backend.delete_token(token.id), NotFound)
+
+    def test_delete_user_revokes_tokens(self) -> None:
+        """Deleting a user deletes their tokens."""
+        token = self._token("dsa")[1]
+        self.result(self.backend.save_token(token))
+        self.result(self.backend.delete_user("dsa"))
+        self.assertIsNone(self.result(self.backend.find_token(token.id)))
+        self.assertEqual(self.result(self.backend.tokens("dsa")), [])
+
+    def test_tokens_exported_and_loaded(self) -> None:
+        """dump() carries tokens as records; load() adds unknown ones and keeps known ones."""
+        token = self._token("dsa")[1]
+        self.result(self.backend.save_token(token))
+        dumped = self.result(self.backend.dump())
+        self.assertEqual(dumped["tokens"], [token.to_dict()])
+        self.result(self.backend.delete_token(token.id))
+        self.result(self.backend.load(dumped))
+        self.assertEqual(self.result(self.backend.find_token(token.id)), token)
+        self.result(self.backend.load(dumped))
+        self.assertEqual(self.result(self.backend.tokens("dsa")), [token])

@@ -12,6 +12,7 @@ on the pool's threads, never on the reactor thread.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ from pypicloud_tx.domain.passwords import (
     password_context,
     verify_password,
 )
+from pypicloud_tx.domain.tokens import ApiToken
 from pypicloud_tx.errors import BackendUnavailable, Conflict, NotFound
 from pypicloud_tx.interfaces import READ, WRITE, IMutableAccessBackend
 from pypicloud_tx.runtime import Runtime
@@ -83,6 +85,14 @@ group_perms_table = sa.Table(
     sa.Column("group", sa.String(255), primary_key=True, index=True),
     sa.Column("read", sa.Boolean(), nullable=False),
     sa.Column("write", sa.Boolean(), nullable=False),
+)
+#: API tokens: the id and owner as columns for lookups, the rest as an ApiToken.to_dict record.
+tokens_table = sa.Table(
+    "ppc_auth_tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("username", sa.String(255), nullable=False, index=True),
+    sa.Column("record", sa.Text(), nullable=False),
 )
 settings_table = sa.Table(
     "ppc_auth_settings",
@@ -377,6 +387,7 @@ class SQLAccessBackend:
                 "pending_users": pending,
                 "groups": groups,
                 "packages": {"users": by_user, "groups": by_group},
+                "tokens": [t.to_dict() for t in self._tokens(conn, None)],
             }
 
         return self._transaction(work)
@@ -447,7 +458,7 @@ class SQLAccessBackend:
     def delete_user(self, username: str) -> Deferred[None]:
         def work(conn: Connection) -> None:
             self._require_user(conn, username)
-            for table in (members_table, user_perms_table, users_table):
+            for table in (members_table, user_perms_table, tokens_table, users_table):
                 conn.execute(table.delete().where(table.c.username == username))
 
         return self._transaction(work)
@@ -611,3 +622,63 @@ class SQLAccessBackend:
                     )
         if "allow_register" in data:
             self._set_allow_register(conn, bool(data["allow_register"]))
+        for record in data.get("tokens", []):
+            token = ApiToken.from_dict(record)
+            row = self._user_row(conn, token.username)
+            if row is not None and not row.pending and self._token_row(conn, token.id) is None:
+                self._insert_token(conn, token)
+
+    # -- API tokens -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _token_row(conn: Connection, token_id: str) -> Any:
+        return conn.execute(
+            sa.select(tokens_table.c.record).where(tokens_table.c.id == token_id)
+        ).one_or_none()
+
+    @staticmethod
+    def _insert_token(conn: Connection, token: ApiToken) -> None:
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    tokens_table.insert().values(
+                        id=token.id,
+                        username=token.username,
+                        record=json.dumps(token.to_dict(), sort_keys=True),
+                    )
+                )
+        except sa_exc.IntegrityError:
+            raise Conflict(f"an API token with id {token.id!r} already exists") from None
+
+    @staticmethod
+    def _tokens(conn: Connection, username: str | None) -> list[ApiToken]:
+        query = sa.select(tokens_table.c.record)
+        if username is not None:
+            query = query.where(tokens_table.c.username == username)
+        found = [ApiToken.from_dict(json.loads(r)) for r in conn.execute(query).scalars()]
+        return sorted(found, key=lambda t: (t.created, t.id))
+
+    def save_token(self, token: ApiToken) -> Deferred[None]:
+        def work(conn: Connection) -> None:
+            self._require_user(conn, token.username, pending=False)
+            self._insert_token(conn, token)
+
+        return self._transaction(work)
+
+    def find_token(self, token_id: str) -> Deferred[ApiToken | None]:
+        def work(conn: Connection) -> ApiToken | None:
+            row = self._token_row(conn, token_id)
+            return None if row is None else ApiToken.from_dict(json.loads(row.record))
+
+        return self._transaction(work)
+
+    def tokens(self, username: str | None = None) -> Deferred[list[ApiToken]]:
+        return self._transaction(lambda conn: self._tokens(conn, username))
+
+    def delete_token(self, token_id: str) -> Deferred[None]:
+        def work(conn: Connection) -> None:
+            deleted = conn.execute(tokens_table.delete().where(tokens_table.c.id == token_id))
+            if deleted.rowcount == 0:
+                raise NotFound(f"there is no API token with id {token_id!r}")
+
+        return self._transaction(work)
