@@ -143,3 +143,21 @@ class HashWithTests(SynchronousTestCase):
         self.assertTrue(hashed.startswith("$6$rounds=6000$"), hashed)
         self.assertTrue(sha512_crypt.verify("s3cret", hashed))
         self.assertFalse(sha512_crypt.verify("wrong", hashed))
+
+
+class UpgradeTests(SynchronousTestCase):
+    def test_upgraded_hash(self) -> None:
+        """sha256_crypt hashes, and sha512_crypt with fewer rounds than configured, get a fresh
+        hash; current ones (and other accepted schemes) do not."""
+        context = passwords.password_context(2000)
+        fresh = passwords.upgraded_hash(context, "pw", sha256_crypt.using(rounds=1000).hash("pw"))
+        self.assertIsNotNone(fresh)
+        assert fresh is not None
+        self.assertTrue(fresh.startswith("$6$rounds=2000$"))
+        self.assertTrue(passwords.verify_password(context, "pw", fresh))
+        few = sha512_crypt.using(rounds=1000).hash("pw")
+        self.assertIsNotNone(passwords.upgraded_hash(context, "pw", few))
+        enough = sha512_crypt.using(rounds=2000).hash("pw")
+        self.assertIsNone(passwords.upgraded_hash(context, "pw", enough))
+        self.assertIsNone(passwords.upgraded_hash(context, "pw", bcrypt.using(rounds=4).hash("pw")))
+        self.assertIsNone(passwords.upgraded_hash(passwords.password_context(), "pw", few))

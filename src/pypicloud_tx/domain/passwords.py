@@ -21,6 +21,8 @@ except ImportError:  # pragma: no cover - Python 3.13+
 DEFAULT_SCHEME = "sha512_crypt"
 #: Everything pypicloud ever wrote, plus the modern formats an operator might paste in.
 SCHEMES = ["sha512_crypt", "sha256_crypt", "bcrypt", "argon2", "pbkdf2_sha512", "pbkdf2_sha256"]
+#: Accepted for logins, but replaced by a fresh DEFAULT_SCHEME hash at the next login.
+DEPRECATED = ["sha256_crypt"]
 #: The rounds sha512_crypt accepts; passlib would silently clamp anything outside.
 MIN_ROUNDS = 1000
 MAX_ROUNDS = 999_999_999
@@ -45,12 +47,30 @@ def check_rounds(rounds: int) -> int:
 def password_context(rounds: int | None = None) -> CryptContext:
     """A passlib context that verifies every accepted format and hashes with the default one.
 
+    With ``rounds``, stored hashes of the default scheme with fewer rounds count as outdated
+    (see :func:`upgraded_hash`), as do the :data:`DEPRECATED` schemes.
+
     :raises ValueError: when ``rounds`` is out of range.
     """
-    settings: dict[str, object] = {"schemes": SCHEMES, "default": DEFAULT_SCHEME}
+    settings: dict[str, object] = {
+        "schemes": SCHEMES,
+        "default": DEFAULT_SCHEME,
+        "deprecated": DEPRECATED,
+    }
     if rounds is not None:
         settings[f"{DEFAULT_SCHEME}__default_rounds"] = check_rounds(rounds)
+        settings[f"{DEFAULT_SCHEME}__min_rounds"] = rounds
     return CryptContext(**settings)
+
+
+def upgraded_hash(context: CryptContext, password: str, hashed: str) -> str | None:
+    """After ``password`` verified against ``hashed``: a fresh hash to store when ``hashed``
+    is outdated (a deprecated scheme, or fewer rounds than configured), else ``None``."""
+    try:
+        outdated = context.needs_update(hashed)
+    except (ValueError, TypeError):
+        return None
+    return hash_with(context, password) if outdated else None
 
 
 def hash_password(password: str, rounds: int | None = None) -> str:

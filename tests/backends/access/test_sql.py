@@ -170,6 +170,29 @@ class OptionTests(SynchronousSQLCase):
         backend = self.loaded("sqlite://", data)
         self.assertIs(self.successResultOf(backend.verify_user("donlan", "osptony")), True)
 
+    def test_rehash_on_login(self) -> None:
+        """An outdated hash (pypicloud's sha256_crypt, or fewer rounds than auth.rounds) is
+        replaced by a fresh sha512_crypt hash at the next successful login, and only then."""
+        from passlib.hash import sha256_crypt
+
+        data = manual_data()
+        old = sha256_crypt.using(rounds=1000).hash("osptony")
+        data["users"][0]["password"] = old
+        backend = self.loaded("sqlite://", data, rounds=2000)
+
+        def stored(user: str) -> str:
+            users = self.successResultOf(backend.dump())["users"]
+            return next(u["password"] for u in users if u["username"] == user)
+
+        self.assertIs(self.successResultOf(backend.verify_user("donlan", "wrong")), False)
+        self.assertEqual(stored("donlan"), old)
+        self.assertIs(self.successResultOf(backend.verify_user("donlan", "osptony")), True)
+        self.assertTrue(stored("donlan").startswith("$6$rounds=2000$"), stored("donlan"))
+        self.assertIs(self.successResultOf(backend.verify_user("donlan", "osptony")), True)
+        # The manual's users have 1000 rounds, fewer than auth.rounds = 2000.
+        self.assertIs(self.successResultOf(backend.verify_user("dsa", "paranoia")), True)
+        self.assertTrue(stored("dsa").startswith("$6$rounds=2000$"), stored("dsa"))
+
     def test_unknown_user_costs_a_hash(self) -> None:
         """An unknown or pending user takes about as long to refuse as a wrong password for
         a real user: a dummy hash is checked (no timing oracle for user names)."""

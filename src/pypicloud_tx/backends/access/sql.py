@@ -34,6 +34,7 @@ from pypicloud_tx.domain.passwords import (
     check_rounds,
     hash_with,
     password_context,
+    upgraded_hash,
     verify_password,
 )
 from pypicloud_tx.domain.tokens import ApiToken
@@ -257,7 +258,20 @@ class SQLAccessBackend:
                     )
                 ).scalar_one_or_none()
             # Unknown and pending users are checked against a dummy hash: same time, no answer.
-            return verify_password(self._context, password, hashed)
+            if not verify_password(self._context, password, hashed):
+                return False
+            assert hashed is not None
+            fresh = upgraded_hash(self._context, password, hashed)
+            if fresh is not None:
+                # Only if nobody changed the password meanwhile.
+                with engine.begin() as conn:
+                    conn.execute(
+                        users_table.update()
+                        .where(users_table.c.username == username, users_table.c.password == hashed)
+                        .values(password=fresh)
+                    )
+                log.info("rehashed the outdated password hash of {user}", user=username)
+            return True
 
         return self._run(self._blocking, work)
 
