@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 from twisted.logger import Logger
 
-from pypicloud_tx.errors import BackendUnavailable, ConfigError
+from pypicloud_tx.errors import BackendUnavailable, ConfigError, Conflict
 
 log = Logger()
 T = TypeVar("T")
@@ -82,11 +82,25 @@ def create_tables(engine: Engine, metadata: MetaData, what: str) -> None:
 
 
 def in_transaction(work: Callable[[Connection], T]) -> Callable[[Engine], T]:
-    """``work`` wrapped to run in one transaction on an engine (for :func:`run_on_engine`)."""
+    """``work`` wrapped to run in one transaction on an engine (for :func:`run_on_engine`).
+
+    Two requests changing the same rows at the same moment (two admins granting the same
+    permission) can collide on a unique key: the loser's transaction is run once more, when it
+    sees the winner's rows; a second collision fails with :class:`Conflict`.
+    """
 
     def run(engine: Engine) -> T:
-        with engine.begin() as conn:
-            return work(conn)
+        for attempt in (1, 2):
+            try:
+                with engine.begin() as conn:
+                    return work(conn)
+            except sa_exc.IntegrityError as e:
+                if attempt == 2:
+                    log.warn("concurrent change failed twice: {error}", error=e.orig)
+                    raise Conflict(
+                        "Another request changed the same data at the same moment; try again."
+                    ) from None
+        raise AssertionError("unreachable")
 
     return run
 
