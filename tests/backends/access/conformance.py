@@ -470,3 +470,23 @@ class IMutableAccessConformance(IAccessConformance):
         self.assertEqual(self.result(self.backend.find_token(token.id)), token)
         self.result(self.backend.load(dumped))
         self.assertEqual(self.result(self.backend.tokens("dsa")), [token])
+
+    def test_rehash_on_login(self) -> None:
+        """A login with an outdated hash (pypicloud's sha256_crypt) stores a fresh sha512_crypt
+        hash; a failed login changes nothing."""
+        from passlib.hash import sha256_crypt
+
+        old = sha256_crypt.using(rounds=1000).hash("0ld-scheme")
+        self.result(
+            self.backend.load({"users": [{"username": "old", "password": old, "admin": False}]})
+        )
+
+        def stored() -> str:
+            users = self.result(self.backend.dump())["users"]
+            return str(next(u["password"] for u in users if u["username"] == "old"))
+
+        self.assertIs(self.result(self.backend.verify_user("old", "wrong")), False)
+        self.assertEqual(stored(), old)
+        self.assertIs(self.result(self.backend.verify_user("old", "0ld-scheme")), True)
+        self.assertTrue(stored().startswith("$6$"), stored())
+        self.assertIs(self.result(self.backend.verify_user("old", "0ld-scheme")), True)
