@@ -34,6 +34,17 @@ DUMMY_HASH = (
 )
 
 
+#: Stored for a user imported without a password hash (a remote or LDAP backend's export):
+#: the user exists, keeps their groups and permissions, and cannot log in until an admin sets a
+#: password.
+UNUSABLE_HASH = "!"
+
+
+def imported_hash(value: object) -> str:
+    """The hash to store for an export's ``password`` entry (:data:`UNUSABLE_HASH` for none)."""
+    return UNUSABLE_HASH if value is None or value == "" else str(value)
+
+
 def check_rounds(rounds: int) -> int:
     """``rounds`` if sha512_crypt accepts it.
 

@@ -490,3 +490,20 @@ class IMutableAccessConformance(IAccessConformance):
         self.assertIs(self.result(self.backend.verify_user("old", "0ld-scheme")), True)
         self.assertTrue(stored().startswith("$6$"), stored())
         self.assertIs(self.result(self.backend.verify_user("old", "0ld-scheme")), True)
+
+    def test_load_without_password(self) -> None:
+        """A user imported without a hash (a remote or LDAP backend's export) exists with their
+        groups, cannot log in with any password, and can be given one."""
+        self.result(
+            self.backend.load(
+                {
+                    "users": [{"username": "ext", "password": None, "admin": False}],
+                    "groups": {"sharkfest": ["ext"]},
+                }
+            )
+        )
+        self.assertEqual(self.result(self.backend.groups("ext")), ["sharkfest"])
+        for guess in ("", "None", "!"):
+            self.assertIs(self.result(self.backend.verify_user("ext", guess)), False)
+        self.result(self.backend.set_password("ext", "n0w"))
+        self.assertIs(self.result(self.backend.verify_user("ext", "n0w")), True)

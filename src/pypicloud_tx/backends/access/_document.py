@@ -45,6 +45,7 @@ from pypicloud_tx.domain.names import canonical
 from pypicloud_tx.domain.passwords import (
     check_rounds,
     hash_with,
+    imported_hash,
     password_context,
     upgraded_hash,
     verify_password,
@@ -387,7 +388,7 @@ class AccessDocument:
         entries += [(u, True) for u in data.get("pending_users", [])]
         for entry, pending in entries:
             try:
-                username, hashed = str(entry["username"]), str(entry["password"])
+                username, hashed = str(entry["username"]), imported_hash(entry.get("password"))
             except (KeyError, TypeError):
                 # Never the entry itself in the message: it holds a password hash.
                 raise ValueError("a user entry needs a username and a password") from None

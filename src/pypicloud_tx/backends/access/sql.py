@@ -33,6 +33,7 @@ from pypicloud_tx.domain.names import canonical
 from pypicloud_tx.domain.passwords import (
     check_rounds,
     hash_with,
+    imported_hash,
     password_context,
     upgraded_hash,
     verify_password,
@@ -605,7 +606,11 @@ class SQLAccessBackend:
             username = str(entry["username"])
             if self._user_row(conn, username) is None:
                 self._insert_user(
-                    conn, username, str(entry["password"]), bool(entry.get("admin")), pending
+                    conn,
+                    username,
+                    imported_hash(entry.get("password")),
+                    bool(entry.get("admin")),
+                    pending,
                 )
         for group, members in dict(data.get("groups", {})).items():
             if group in BUILTIN_GROUPS:
