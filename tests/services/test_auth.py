@@ -155,6 +155,13 @@ class AuthenticatorTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(self.identify(basic("bob", "bob-secret"), "4.4.4.4").username, "bob")
 
+    def test_throttle_ignores_case(self) -> None:
+        """Spelling a user name in other cases (which LDAP directories match as one entry)
+        does not get around the per-user limit."""
+        for address, name in [("1.1.1.1", "bob"), ("2.2.2.2", "BOB"), ("3.3.3.3", "Bob")]:
+            self.failure(basic(name, "wrong"), address)
+        self.assertIsInstance(self.failure(basic("bOb", "x"), "4.4.4.4"), TooManyAttempts)
+
     def test_throttle_per_address(self) -> None:
         """Failures from one address across many users are throttled too (5x the per-user
         limit), and the address recovers after the window."""

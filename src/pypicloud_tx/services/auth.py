@@ -133,7 +133,7 @@ class Authenticator:
             return await result
         # Tokens are throttled per address only: one shared "__token__" window would let anyone
         # lock every CI job out.  Token secrets are 256-bit: guessing them is hopeless anyway.
-        user_key = f"user:{username}" if username != TOKEN_USERNAME else None
+        user_key = f"user:{username.casefold()}" if username != TOKEN_USERNAME else None
         wait = max(
             self._by_user.blocked_for(user_key, now) if user_key else 0.0,
             self._by_address.blocked_for(address, now),
@@ -182,7 +182,7 @@ class Authenticator:
         """Count a failed login (per user unless ``username`` is None, and per address)."""
         now = self._clock.seconds()
         if username is not None:
-            self._by_user.record(f"user:{username}", now)
+            self._by_user.record(f"user:{username.casefold()}", now)
         self._by_address.record(address, now)
         log.info(
             "failed login for {user} from {address}",
@@ -199,7 +199,7 @@ class Authenticator:
             return await self._check_token(password, address)
         if not await self._access.verify_user(username, password):
             raise self._failed(username, address, "Invalid username or password.")
-        self._by_user.forget(f"user:{username}")
+        self._by_user.forget(f"user:{username.casefold()}")
         identity = Identity(
             username=username,
             groups=frozenset(await self._access.groups(username)),
