@@ -203,6 +203,17 @@ class RouteTestCase(SynchronousTestCase):
             data=body,
         )
 
+    def make_mutable_index(self, options: Mapping[str, str | None] | None = None) -> Index:
+        """An index on a mutable access backend (SQL in memory) holding the same users as
+        :data:`BASE_OPTIONS` (``alice`` stored as admin, ``bob`` in ``devs``); ``options``
+        override :data:`MUTABLE_OPTIONS`."""
+        ix = self.make_index({**MUTABLE_OPTIONS, **(options or {})})
+        access = ix.backends.access
+        _fired(access.start())
+        self.addCleanup(lambda: _fired(access.stop()))
+        _fired(access.load(mutable_users()))
+        return ix
+
     @staticmethod
     def wheel(name: str = "demo", version: str = "1.0", **kw: Any) -> tuple[str, bytes]:
         return make_wheel(name, version, **kw)
@@ -210,6 +221,32 @@ class RouteTestCase(SynchronousTestCase):
     @staticmethod
     def sdist(name: str = "demo", version: str = "1.0", **kw: Any) -> tuple[str, bytes]:
         return make_sdist(name, version, **kw)
+
+
+#: Options of an index whose access backend can change (see
+#: :meth:`RouteTestCase.make_mutable_index`): the config file's users and admins are dropped.
+MUTABLE_OPTIONS: dict[str, str | None] = {
+    "pypi.auth": "sql",
+    "auth.db.url": "sqlite://",
+    "auth.rounds": "1000",  # cheap hashes for passwords set during a test
+    "auth.admins": None,
+    "user.alice": None,
+    "user.bob": None,
+    "user.carol": None,
+    "group.devs": None,
+}
+
+
+def mutable_users() -> dict[str, Any]:
+    """:data:`BASE_OPTIONS`'s users in pypicloud's export format, for ``load``."""
+    return {
+        "users": [
+            {"username": name, "password": cheap_hash(name + "pw"), "admin": name == "alice"}
+            for name in ("alice", "bob", "carol")
+        ],
+        "groups": {"devs": ["bob"]},
+        "packages": {"users": {}, "groups": {}},
+    }
 
 
 def utc(*args: int) -> dt.datetime:

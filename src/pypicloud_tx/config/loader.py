@@ -59,6 +59,23 @@ def _realm(text: str) -> str:
     return value
 
 
+def _positive(text: str) -> int:
+    value = as_int(text)
+    if value <= 0:
+        raise ValueError(f"{text.strip()!r} must be more than zero")
+    return value
+
+
+def _signing_key(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError(
+            "must not be empty (generate one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return value
+
+
 def _url(text: str) -> str:
     value = text.strip().rstrip("/")
     if not value.startswith(("http://", "https://")):
@@ -79,6 +96,10 @@ CORE: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "pypi.download_url": ("download_url", _url),
     "pypi.max_upload_size": ("max_upload_size", as_positive_size),
     "db.graceful_reload": ("graceful_reload", as_bool),
+    # Sign-up tokens work the same for every mutable access backend, so these two are general
+    # settings: a backend's own Options never see them (and so never refuse them).
+    "auth.signing_key": ("signing_key", _signing_key),
+    "auth.token_expire": ("token_expire", _positive),
 }
 #: pypicloud options this version reads but does not act on yet; a warning says so.
 NOT_YET = {

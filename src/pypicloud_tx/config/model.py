@@ -8,6 +8,8 @@ from typing import Any
 import attrs
 
 ONE_GB = 1024**3
+#: ``auth.token_expire``'s default (pypicloud's): one week, in seconds.
+ONE_WEEK = 7 * 24 * 60 * 60
 
 
 @attrs.frozen
@@ -53,3 +55,7 @@ class Settings:
     download_url: str | None = None
     max_upload_size: int = ONE_GB
     listen: str | None = None
+    #: ``auth.signing_key``: signs sign-up tokens (``None``: no tokens).  Never in a repr.
+    signing_key: str | None = attrs.field(default=None, repr=False)
+    #: ``auth.token_expire``: seconds a sign-up token stays valid.
+    token_expire: int = ONE_WEEK

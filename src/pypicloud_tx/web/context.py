@@ -11,8 +11,10 @@ from twisted.web.iweb import IRequest
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.config.model import Settings
 from pypicloud_tx.domain.models import Identity
+from pypicloud_tx.services.accounts import Accounts
 from pypicloud_tx.services.auth import Authenticator
 from pypicloud_tx.services.index import PackageIndex
+from pypicloud_tx.services.tokens import Tokens
 
 
 @attrs.frozen
@@ -24,6 +26,15 @@ class WebContext:
     settings: Settings
     run_blocking: RunBlocking
     spool_dir: str | None = None
+    #: Registration and the admin operations; built from the others unless given (tests
+    #: pass one with a test clock).
+    accounts: Accounts = attrs.field(
+        default=attrs.Factory(lambda self: _accounts(self), takes_self=True)
+    )
+    #: API tokens; built from the others unless given.
+    tokens: Tokens = attrs.field(
+        default=attrs.Factory(lambda self: Tokens(self.index.access, self.auth), takes_self=True)
+    )
 
     async def caller(self, request: IRequest) -> Identity:
         """The identity behind the request's credentials (memoised on the request)."""
@@ -43,6 +54,16 @@ class WebContext:
         scheme = "https" if request.isSecure() else "http"
         host = (request.getHeader(b"host") or b"localhost").decode("latin-1")
         return f"{scheme}://{host}/"
+
+
+def _accounts(ctx: WebContext) -> Accounts:
+    return Accounts(
+        ctx.index.access,
+        ctx.auth,
+        backend_name=ctx.settings.access.name,
+        signing_key=ctx.settings.signing_key,
+        token_expire=ctx.settings.token_expire,
+    )
 
 
 def json_body(request: IRequest, data: Any, status: int = 200) -> bytes:

@@ -87,13 +87,6 @@ class DocumentOptions:
         as_list, default=(), doc="Users with admin rights, besides those stored as admins"
     )
     rounds: int | None = option(_rounds, default=None, doc="Hash rounds for new passwords")
-    # pypicloud accepts these for every mutable backend: an existing server.ini may set them.
-    signing_key: str | None = option(
-        default=None, doc="Key that signs registration tokens (not used yet)"
-    )
-    token_expire: int | None = option(
-        as_int, default=None, doc="Seconds a registration token stays valid (not used yet)"
-    )
 
 
 class DocumentError(ValueError):

@@ -141,12 +141,6 @@ class SQLAccessBackend:
             as_list, default=(), doc="Users with admin rights, besides those stored as admins"
         )
         rounds: int | None = option(_rounds, default=None, doc="Hash rounds for new passwords")
-        signing_key: str | None = option(
-            as_str, default=None, doc="Key that signs registration tokens (not used yet)"
-        )
-        token_expire: int | None = option(
-            as_int, default=None, doc="Seconds a registration token stays valid (not used yet)"
-        )
 
     _engine: Engine = attrs.field(alias="engine")
     _run: RunBlocking = attrs.field(alias="run")
