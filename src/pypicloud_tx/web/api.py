@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs
 
 from klein import Klein
 from twisted.web.iweb import IRequest
@@ -15,6 +14,7 @@ from pypicloud_tx.errors import NotFound
 from pypicloud_tx.web import rendering
 from pypicloud_tx.web.context import WebContext, arg, json_body, redirect
 from pypicloud_tx.web.download import FileBody
+from pypicloud_tx.web.forms import field, read_form
 from pypicloud_tx.web.upload import receive_upload
 
 METADATA_SUFFIX = ".metadata"
@@ -105,7 +105,7 @@ def add_api_routes(app: Klein, ctx: WebContext) -> None:
 
     @app.route("/api/package/<string:project>/<string:filename>/yank", methods=["POST"])
     async def yank(request: IRequest, project: str, filename: str) -> bytes:
-        reason = _form_value(request, "reason") or ""
+        reason = field(read_form(request), "reason") or ""
         file = await ctx.index.yank(await ctx.caller(request), project, filename, reason)
         return json_body(request, {"message": f"{file.filename} yanked.", "reason": file.yanked})
 
@@ -128,17 +128,3 @@ def _name(project: str) -> str:
     if not is_valid_name(project):
         raise NotFound(f"{project!r} is not a valid project name.")
     return canonical(project)
-
-
-def _form_value(request: IRequest, name: str) -> str | None:
-    """A field of a small urlencoded (or query-string) form."""
-    values = (request.args or {}).get(name.encode())
-    if values:
-        return str(values[0].decode("utf-8", "replace"))
-    content_type = (request.getHeader(b"content-type") or b"").lower()
-    if content_type.startswith(b"application/x-www-form-urlencoded"):
-        request.content.seek(0)
-        body = request.content.read(64 * 1024).decode("utf-8", "replace")
-        found = parse_qs(body).get(name)
-        return found[0] if found else None
-    return None
