@@ -42,6 +42,7 @@ setup(
             "pip>=24.0",
             "psycopg[binary]>=3.1",
             "ldap3>=2.9",
+            "pymysql>=1.1",
             "google-cloud-storage>=2.14",
             # test_dists builds sdists with --no-build-isolation (bdist_wheel needs 70.1)
             "setuptools>=70.1",

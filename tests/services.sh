@@ -23,6 +23,7 @@
 #   seaweedfs   28333 ($PPC_S3_PORT)            PPC_TEST_S3_URL=http://127.0.0.1:28333 (real S3 API,
 #               (+ 29333, 29340, 28888)         SigV4), PPC_TEST_S3_ACCESS_KEY, PPC_TEST_S3_SECRET_KEY
 #   fakegcs     24443 ($PPC_GCS_PORT)           PPC_TEST_GCS_URL=http://127.0.0.1:24443
+#   mariadb     23306 ($PPC_MARIADB_PORT)       PPC_TEST_MYSQL_URL=mysql+pymysql://root@127.0.0.1:23306/mysql
 #
 # Adding a service NAME: append it to SERVICES and define
 #   svc_NAME_packages   echo the Debian packages it needs
@@ -35,7 +36,7 @@
 set -Eeuo pipefail
 trap 'echo "services.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
-SERVICES=(postgres redis slapd moto seaweedfs fakegcs)
+SERVICES=(postgres redis slapd moto seaweedfs fakegcs mariadb)
 
 SERVICES_DIR=${PPC_SERVICES_DIR:-/tmp/pypicloud-tx-services}
 RUN=$SERVICES_DIR/run                        # pid files, logs, data; removed by `stop`
@@ -54,6 +55,7 @@ SEAWEED_FILER_PORT=28888
 S3_ACCESS_KEY=ppc-tests
 S3_SECRET_KEY=ppc-tests-secret
 GCS_PORT=${PPC_GCS_PORT:-24443}
+MARIADB_PORT=${PPC_MARIADB_PORT:-23306}
 
 log() { printf '[%(%H:%M:%S)T] services: %s\n' -1 "$*" >&2; }
 now() { date +%s.%N; }
@@ -292,6 +294,40 @@ u.urlopen('http://127.0.0.1:$GCS_PORT/storage/v1/b', timeout=2)"
 }
 
 svc_fakegcs_env() { echo "export PPC_TEST_GCS_URL=http://127.0.0.1:$GCS_PORT"; }
+
+# ------------------------------------------------------------------ mariadb
+# MariaDB for the SQL cache and SQL access backend on MySQL.  Root connects over TCP without a
+# password (test data only); each test makes its own database.
+svc_mariadb_packages() { echo mariadb-server; }
+
+svc_mariadb_installed() {
+  command -v mariadbd >/dev/null || [[ -x /usr/sbin/mariadbd ]] || return 1
+  command -v mariadb-install-db >/dev/null && command -v mariadb-admin >/dev/null
+}
+
+svc_mariadb_start() {
+  local dir=$RUN/mariadb owner mariadbd
+  owner=$(if is_root; then echo mysql; else id -un; fi)
+  mariadbd=$(command -v mariadbd || echo /usr/sbin/mariadbd)
+  mkdir -p "$dir"
+  chown "$owner" "$dir"
+  if [[ ! -d $dir/data/mysql ]]; then
+    mariadb-install-db --no-defaults --user="$owner" --datadir="$dir/data" \
+      --auth-root-authentication-method=normal --skip-test-db >"$RUN/mariadb.log" 2>&1 ||
+      { show_log mariadb "initialise its data folder"; return 1; }
+  fi
+  as_owner "$owner" "$mariadbd" --no-defaults --datadir="$dir/data" --socket="$dir/sock" \
+    --pid-file="$dir/mariadbd.pid" --port="$MARIADB_PORT" --bind-address=127.0.0.1 \
+    --skip-log-bin --innodb-flush-log-at-trx-commit=0 --skip-name-resolve \
+    --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
+    --log-error="$dir/err.log" >>"$RUN/mariadb.log" 2>&1 &
+  echo $! >"$RUN/mariadb.pid"
+  wait_ready mariadb mariadb-admin --no-defaults -h 127.0.0.1 -P "$MARIADB_PORT" -u root ping
+}
+
+svc_mariadb_env() {
+  echo "export PPC_TEST_MYSQL_URL=mysql+pymysql://root@127.0.0.1:$MARIADB_PORT/mysql"
+}
 
 # ------------------------------------------------------------------ commands
 has() { declare -F "$1" >/dev/null; }

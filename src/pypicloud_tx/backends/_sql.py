@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import MetaData
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 from twisted.logger import Logger
@@ -67,6 +68,14 @@ def unavailable(engine: Engine, error: Exception, what: str) -> BackendUnavailab
         reason = reason.replace(str(password), "***")
     log.warn("{what} is unreachable: {reason}", what=what, reason=reason)
     return BackendUnavailable(f"{what} is unreachable: {reason}")
+
+
+def exact_string(length: int) -> sa.types.TypeEngine[str]:
+    """A string column compared byte for byte everywhere: MySQL/MariaDB compare strings without
+    regard to case by default (``FOO`` would find ``foo``), SQLite and PostgreSQL do not."""
+    return sa.String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
 
 
 def create_tables(engine: Engine, metadata: MetaData, what: str) -> None:

@@ -26,7 +26,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pypicloud_tx import __version__
-from pypicloud_tx.backends._sql import create_tables, in_transaction, open_engine, run_on_engine
+from pypicloud_tx.backends._sql import (
+    create_tables,
+    exact_string,
+    in_transaction,
+    open_engine,
+    run_on_engine,
+)
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.config.options import as_int, as_list, as_str, option
 from pypicloud_tx.domain.names import canonical
@@ -56,7 +62,7 @@ metadata = sa.MetaData()
 users_table = sa.Table(
     "ppc_auth_users",
     metadata,
-    sa.Column("username", sa.String(255), primary_key=True),
+    sa.Column("username", exact_string(255), primary_key=True),
     sa.Column("password", sa.String(1024), nullable=False),
     sa.Column("admin", sa.Boolean(), nullable=False, default=False),
     sa.Column("pending", sa.Boolean(), nullable=False, default=False),
@@ -64,27 +70,27 @@ users_table = sa.Table(
 groups_table = sa.Table(
     "ppc_auth_groups",
     metadata,
-    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("name", exact_string(255), primary_key=True),
 )
 members_table = sa.Table(
     "ppc_auth_members",
     metadata,
-    sa.Column("username", sa.String(255), primary_key=True),
-    sa.Column("group", sa.String(255), primary_key=True, index=True),
+    sa.Column("username", exact_string(255), primary_key=True),
+    sa.Column("group", exact_string(255), primary_key=True, index=True),
 )
 user_perms_table = sa.Table(
     "ppc_auth_user_permissions",
     metadata,
-    sa.Column("package", sa.String(255), primary_key=True),
-    sa.Column("username", sa.String(255), primary_key=True, index=True),
+    sa.Column("package", exact_string(255), primary_key=True),
+    sa.Column("username", exact_string(255), primary_key=True, index=True),
     sa.Column("read", sa.Boolean(), nullable=False),
     sa.Column("write", sa.Boolean(), nullable=False),
 )
 group_perms_table = sa.Table(
     "ppc_auth_group_permissions",
     metadata,
-    sa.Column("package", sa.String(255), primary_key=True),
-    sa.Column("group", sa.String(255), primary_key=True, index=True),
+    sa.Column("package", exact_string(255), primary_key=True),
+    sa.Column("group", exact_string(255), primary_key=True, index=True),
     sa.Column("read", sa.Boolean(), nullable=False),
     sa.Column("write", sa.Boolean(), nullable=False),
 )
@@ -92,14 +98,14 @@ group_perms_table = sa.Table(
 tokens_table = sa.Table(
     "ppc_auth_tokens",
     metadata,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("username", sa.String(255), nullable=False, index=True),
+    sa.Column("id", exact_string(32), primary_key=True),
+    sa.Column("username", exact_string(255), nullable=False, index=True),
     sa.Column("record", sa.Text(), nullable=False),
 )
 settings_table = sa.Table(
     "ppc_auth_settings",
     metadata,
-    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("key", exact_string(255), primary_key=True),
     sa.Column("value", sa.Text(), nullable=False),
 )
 

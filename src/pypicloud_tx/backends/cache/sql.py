@@ -30,6 +30,7 @@ from zope.interface import implementer
 from pypicloud_tx.backends._sql import (
     create_tables,
     drop_orphaned_sqlite_journal,
+    exact_string,
     in_transaction,
     is_memory_sqlite,
     open_engine,
@@ -63,9 +64,9 @@ metadata = sa.MetaData()
 files_table = sa.Table(
     "ppc_files",
     metadata,
-    sa.Column("filename", sa.String(255), primary_key=True),
-    sa.Column("name", sa.String(255), nullable=False, index=True),
-    sa.Column("version", sa.String(255), nullable=False),
+    sa.Column("filename", exact_string(255), primary_key=True),
+    sa.Column("name", exact_string(255), nullable=False, index=True),
+    sa.Column("version", exact_string(255), nullable=False),
     # Naive UTC; MySQL keeps fractions of a second only when asked.
     sa.Column(
         "upload_time",
