@@ -9,7 +9,6 @@ import shutil
 import socket
 import threading
 import time
-from typing import Any
 
 from twisted.logger import Logger
 
@@ -24,7 +23,7 @@ from tests.e2e.server import (
     http_request,
     write_big_wheel,
 )
-from tests.realservices import require_service
+from tests.pgdb import new_postgres_database
 
 MiB = 1024 * 1024
 log = Logger()
@@ -223,29 +222,9 @@ class DatabaseDownTests(ServerCase):
     """PostgreSQL going away (cut at a TCP proxy) is answered 503 quickly, then recovered."""
 
     def setUp(self) -> None:
-        admin_url = require_service("PPC_TEST_POSTGRES_URL", "PostgreSQL")
-        import psycopg
-        from sqlalchemy.engine import make_url
-
-        url = make_url(admin_url)
-        self.dbname = "e2e_" + secrets.token_hex(6)
-        params: dict[str, Any] = {
-            "host": url.host or "127.0.0.1",
-            "port": url.port or 5432,
-            "user": url.username,
-            "dbname": url.database or "postgres",
-            "connect_timeout": 10,
-        }
-        if url.password:
-            params["password"] = url.password
-
-        def admin(sql: str) -> None:
-            with psycopg.connect(**params, autocommit=True) as conn:
-                conn.execute(sql)
-
-        admin(f'CREATE DATABASE "{self.dbname}"')
-        self.addCleanup(admin, f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
-        self.proxy = TcpProxy((params["host"], params["port"]))
+        url = new_postgres_database(self)
+        self.dbname = url.database
+        self.proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
         self.proxy.start()
         self.addCleanup(self.proxy.stop)
         # A password in the URL (ignored by a trust-auth server) must never be shown.
