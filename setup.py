@@ -58,6 +58,7 @@ setup(
             "ppc-gen-password = pypicloud_tx.scripts.cli:gen_password_alias",
             "ppc-export = pypicloud_tx.scripts.cli:export_alias",
             "ppc-import = pypicloud_tx.scripts.cli:import_alias",
+            "ppc-migrate = pypicloud_tx.scripts.cli:migrate_alias",
         ]
     },
     classifiers=[

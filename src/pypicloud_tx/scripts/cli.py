@@ -1,8 +1,8 @@
 """``pypicloud-tx <command>``: the command-line tools.
 
 Each command that pypicloud had is also installed under pypicloud's name
-(``ppc-gen-password``, ``ppc-export``, ``ppc-import``); ``rebuild`` is new (pypicloud
-only had ``/admin/rebuild``).
+(``ppc-gen-password``, ``ppc-export``, ``ppc-import``, ``ppc-migrate``); ``rebuild`` is new
+(pypicloud only had ``/admin/rebuild``).
 Errors go to stderr with a non-zero exit status; progress goes to stderr too, so stdout
 carries only the command's result.
 """
@@ -18,6 +18,7 @@ from typing import Any
 from pypicloud_tx import __version__
 from pypicloud_tx.errors import ConfigError
 from pypicloud_tx.scripts.acl import add_acl_commands
+from pypicloud_tx.scripts.migrate import add_migrate_command
 from pypicloud_tx.scripts.runner import progress, with_backends
 
 
@@ -126,6 +127,7 @@ def parser() -> argparse.ArgumentParser:
     )
     rebuild.set_defaults(func=_rebuild)
     add_acl_commands(commands)
+    add_migrate_command(commands)
     return top
 
 
@@ -157,6 +159,11 @@ def export_alias() -> int:
 def import_alias() -> int:
     """``ppc-import``."""
     return _alias("import")
+
+
+def migrate_alias() -> int:
+    """``ppc-migrate``."""
+    return _alias("migrate")
 
 
 if __name__ == "__main__":
