@@ -64,7 +64,7 @@ class FakeIndex:
     def __init__(self) -> None:
         self.reloads = 0
 
-    async def reload_if_needed(self) -> bool:
+    async def reload_if_needed(self, sleep: Any = None) -> bool:
         self.reloads += 1
         return True
 

@@ -111,6 +111,15 @@ class ICache(Interface):
         ones replaced and vanished ones removed, never emptied first.
         """
 
+    def acquire_lock(name: str, seconds: float) -> Deferred[str | None]:
+        """Take the lock ``name``, shared by every process on this cache, for at most
+        ``seconds``: fires with a token to release it with, or ``None`` while another holder's
+        lock has not expired.  (One process rebuilds an empty cache; the others wait.)"""
+
+    def release_lock(name: str, token: str) -> Deferred[bool]:
+        """Release the lock taken with ``token``; ``False`` when it had expired meanwhile
+        (a lock taken since by someone else is left alone)."""
+
     def check_health() -> Deferred[tuple[bool, str]]:
         """``(True, "")`` when usable, else ``(False, what is wrong)``."""
 

@@ -8,6 +8,7 @@ import io
 from typing import Any
 
 from twisted.internet.defer import fail, succeed
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from pypicloud_tx.backends._threads import run_synchronously
@@ -175,6 +176,59 @@ class IndexTests(SynchronousTestCase):
         after = self.successResultOf(self.cache.fetch(self.filename))
         self.assertEqual(after, before)
         self.assertEqual(after.upload_time, WHEN)
+
+    def test_reload_waits_for_another_rebuilder(self) -> None:
+        """While another process holds the rebuild lock, reload_if_needed waits (polling on
+        the clock) and does not rebuild; once the cache is filled it returns without a
+        second rebuild."""
+        self.successResultOf(
+            self.run_(self.index.upload(BOB, make_upload(self.filename, self.data)))
+        )
+        self.successResultOf(self.cache.clear_all())
+        other = self.successResultOf(self.cache.acquire_lock("rebuild", 600))
+        assert other is not None
+        clock = Clock()
+        rebuilds: list[int] = []
+        original = self.index.rebuild
+
+        async def counted(progress: Any = None) -> int:
+            rebuilds.append(1)
+            return await original(progress)
+
+        self.index.rebuild = counted  # type: ignore[method-assign]
+        d = self.run_(self.index.reload_if_needed(lambda s: deferLater(clock, s)))
+        clock.advance(5)
+        self.assertNoResult(d)
+        # The other process fills the cache and lets go.
+        self.successResultOf(self.cache.save(record(self.filename, self.data)))
+        self.successResultOf(self.cache.release_lock("rebuild", other))
+        clock.advance(1)
+        self.assertFalse(self.successResultOf(d))
+        self.assertEqual(rebuilds, [])
+
+    def test_reload_takes_over_from_a_dead_rebuilder(self) -> None:
+        """When the lock's holder died (its lock expires), a waiting process rebuilds."""
+        self.successResultOf(
+            self.run_(self.index.upload(BOB, make_upload(self.filename, self.data)))
+        )
+        self.successResultOf(self.cache.clear_all())
+        now = [0.0]
+        self.cache._clock = lambda: now[0]  # type: ignore[attr-defined]
+        self.assertIsNotNone(self.successResultOf(self.cache.acquire_lock("rebuild", 30)))
+        clock = Clock()
+
+        def sleep(seconds: float) -> Any:
+            now[0] += seconds
+            return deferLater(clock, seconds)
+
+        d = self.run_(self.index.reload_if_needed(sleep))
+        clock.pump([1.0] * 29)
+        self.assertNoResult(d)
+        clock.pump([1.0] * 2)
+        self.assertTrue(self.successResultOf(d))
+        self.assertEqual(self.listed(), [self.filename])
+        # The lock was released after the rebuild.
+        self.assertIsNotNone(self.successResultOf(self.cache.acquire_lock("rebuild", 30)))
 
     def test_reload_if_needed_leaves_full_cache(self) -> None:
         """A cache that holds anything is left alone, even if storage holds more."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -449,3 +450,39 @@ class ICacheConformance:
         """A working cache reports itself healthy."""
         cache = await self.cache()
         self.assertEqual(await cache.check_health(), (True, ""))
+
+    # -- locks ----------------------------------------------------------------------------------
+
+    @_case
+    async def test_lock_exclusive(self) -> None:
+        """A lock is held by one taker at a time: a second take fails, a wrong token cannot
+        release it, the right one can, and then it can be taken again; names are separate."""
+        cache = await self.cache()
+        token = await cache.acquire_lock("rebuild", 60)
+        self.assertIsInstance(token, str)
+        self.assertIsNone(await cache.acquire_lock("rebuild", 60))
+        other = await cache.acquire_lock("other", 60)
+        self.assertIsInstance(other, str)
+        self.assertIs(await cache.release_lock("rebuild", "not-the-token"), False)
+        self.assertIsNone(await cache.acquire_lock("rebuild", 60))
+        self.assertIs(await cache.release_lock("rebuild", token), True)
+        again = await cache.acquire_lock("rebuild", 60)
+        self.assertIsInstance(again, str)
+        self.assertTrue(again != token)
+        self.assertIs(await cache.release_lock("rebuild", token), False)
+        self.assertIs(await cache.release_lock("rebuild", again), True)
+        self.assertIs(await cache.release_lock("other", other), True)
+
+    @_case
+    async def test_lock_expires(self) -> None:
+        """A lock whose time is up can be taken by another, and its first holder's release
+        then changes nothing."""
+        cache = await self.cache()
+        first = await cache.acquire_lock("rebuild", 0.01)
+        self.assertIsInstance(first, str)
+        time.sleep(0.1)
+        second = await cache.acquire_lock("rebuild", 60)
+        self.assertIsInstance(second, str)
+        self.assertIs(await cache.release_lock("rebuild", first), False)
+        self.assertIsNone(await cache.acquire_lock("rebuild", 60))
+        self.assertIs(await cache.release_lock("rebuild", second), True)

@@ -32,6 +32,7 @@ import itertools
 import json
 import random
 import re
+import secrets
 import time
 import zlib
 from collections import Counter
@@ -1266,6 +1267,48 @@ class DynamoCache:
             return token
 
         return self._call(read).addCallback(settle)
+
+    # A lock is two attributes of the #meta item (never listed as a project): its token and
+    # its expiry in wall-clock seconds, set and removed by conditional updates.
+
+    def acquire_lock(self, name: str, seconds: float) -> Deferred[str | None]:
+        token = secrets.token_hex(16)
+        attrs_ = {"#lt": f"lock_{name}_token", "#le": f"lock_{name}_expires"}
+
+        def work() -> str | None:
+            now = time.time()
+            taken = self._update(
+                self.summary_table,
+                {"name": _s(META)},
+                "SET #lt = :token, #le = :expires",
+                condition="attribute_not_exists(#lt) OR #le <= :now",
+                values={
+                    ":token": _s(token),
+                    ":expires": _n(repr(now + seconds)),
+                    ":now": _n(repr(now)),
+                },
+                names=attrs_,
+                ignore_failed_condition=True,
+            )
+            return token if taken else None
+
+        return self._call(work)
+
+    def release_lock(self, name: str, token: str) -> Deferred[bool]:
+        attrs_ = {"#lt": f"lock_{name}_token", "#le": f"lock_{name}_expires"}
+
+        def work() -> bool:
+            return self._update(
+                self.summary_table,
+                {"name": _s(META)},
+                "REMOVE #lt, #le",
+                condition="#lt = :token AND #le > :now",
+                values={":token": _s(token), ":now": _n(repr(time.time()))},
+                names=attrs_,
+                ignore_failed_condition=True,
+            )
+
+        return self._call(work)
 
     def check_health(self) -> Deferred[tuple[bool, str]]:
         def work() -> tuple[bool, str]:

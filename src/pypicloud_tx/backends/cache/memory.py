@@ -6,7 +6,9 @@ load balancer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -34,6 +36,8 @@ class MemoryCache:
         """The memory cache takes no options."""
 
     _files: dict[str, PackageFile] = attrs.field(factory=dict, alias="files")
+    _locks: dict[str, tuple[str, float]] = attrs.field(factory=dict, alias="locks")
+    _clock: Callable[[], float] = attrs.field(default=time.monotonic, alias="clock")
 
     @classmethod
     def from_config(cls, options: MemoryCache.Options, runtime: Runtime) -> MemoryCache:
@@ -85,6 +89,22 @@ class MemoryCache:
         # One assignment either way: readers on the reactor thread never see a partial state.
         self._files = latest_per_filename(files)
         return succeed(None)
+
+    def acquire_lock(self, name: str, seconds: float) -> Deferred[str | None]:
+        now = self._clock()
+        held = self._locks.get(name)
+        if held is not None and held[1] > now:
+            return succeed(None)
+        token = secrets.token_hex(16)
+        self._locks[name] = (token, now + seconds)
+        return succeed(token)
+
+    def release_lock(self, name: str, token: str) -> Deferred[bool]:
+        held = self._locks.get(name)
+        if held is None or held[0] != token or held[1] <= self._clock():
+            return succeed(False)
+        del self._locks[name]
+        return succeed(True)
 
     def check_health(self) -> Deferred[tuple[bool, str]]:
         return succeed((True, ""))

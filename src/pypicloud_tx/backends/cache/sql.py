@@ -15,6 +15,8 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -78,6 +80,15 @@ files_table = sa.Table(
     sa.Column(
         "record", sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False
     ),
+)
+#: Locks shared by the processes on this database (one rebuilds an empty cache).  Expiry is
+#: wall-clock seconds since the epoch: processes on several hosts share it.
+locks_table = sa.Table(
+    "ppc_locks",
+    metadata,
+    sa.Column("name", exact_string(255), primary_key=True),
+    sa.Column("token", sa.String(64), nullable=False),
+    sa.Column("expires", sa.Double(), nullable=False),
 )
 _UPDATED = ("name", "version", "upload_time", "summary", "record")
 
@@ -329,6 +340,41 @@ class SQLCache:
         if url.get_backend_name() != "sqlite" or is_memory_sqlite(url):
             return None
         return str(url.database)
+
+    def acquire_lock(self, name: str, seconds: float) -> Deferred[str | None]:
+        token = secrets.token_hex(16)
+
+        def work(engine: Engine) -> str | None:
+            now = time.time()
+            with engine.begin() as conn:
+                conn.execute(
+                    locks_table.delete().where(
+                        locks_table.c.name == name, locks_table.c.expires <= now
+                    )
+                )
+                try:
+                    # The primary key decides: of two processes, one insert fails.
+                    with conn.begin_nested():
+                        conn.execute(
+                            locks_table.insert().values(
+                                name=name, token=token, expires=now + seconds
+                            )
+                        )
+                except sa_exc.IntegrityError:
+                    return None
+            return token
+
+        return self._run(self._blocking, work)
+
+    def release_lock(self, name: str, token: str) -> Deferred[bool]:
+        def work(conn: Connection) -> bool:
+            t = locks_table
+            done = conn.execute(
+                t.delete().where(t.c.name == name, t.c.token == token, t.c.expires > time.time())
+            )
+            return bool(done.rowcount)
+
+        return self._transaction(work)
 
     def check_health(self) -> Deferred[tuple[bool, str]]:
         def work(conn: Connection) -> tuple[bool, str]:
