@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import threading
 import time
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ from tests.e2e.server import (
     write_big_wheel,
 )
 from tests.pgdb import new_postgres_database
+from tests.realservices import require_service
+from tests.redisdb import delete_redis_keys
 
 MiB = 1024 * 1024
 
@@ -43,6 +46,7 @@ class SharedIndexTests(_Base):
         super().setUp()
         shared = self.make_folder()
         options = {"storage.dir": os.path.join(shared, "packages"), **self.cache_options()}
+        self.one_options = options
         self.one = self.start_server(options)
         self.two = self.start_server(options)
 
@@ -131,6 +135,43 @@ class SharedIndexTests(_Base):
         served = self.two.get(f"/api/package/e2e-shared-kill/{wheel.filename}")
         self.assertEqual(hashlib.sha256(served.body).hexdigest(), wheel.sha256)
 
+    def test_one_rebuild_when_starting_together(self) -> None:
+        """Two processes started at the same moment on an empty cache over a full storage:
+        exactly one rebuilds the cache (the other waits for it), and both serve every file."""
+        wheels = [make_wheel(f"e2e-stampede-{i}", "1.0") for i in range(3)]
+        for i, wheel in enumerate(wheels):
+            self.upload_ok(self.one, wheel, f"e2e-stampede-{i}", "1.0")
+        folder = self.make_folder()
+        options = {
+            "storage.dir": self.one_options["storage.dir"],
+            **self.cache_options(),  # a new, empty cache
+        }
+        for i in range(2):
+            os.makedirs(os.path.join(folder, str(i)))
+        servers = [IndexProcess(os.path.join(folder, str(i)), options) for i in range(2)]
+        errors: list[BaseException] = []
+
+        def start(server: IndexProcess) -> None:
+            try:
+                server.start()
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        for server in servers:
+            self.addCleanup(server.kill)
+        threads = [threading.Thread(target=start, args=(s,)) for s in servers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(errors, [])
+        logs = [server.log_text() for server in servers]
+        rebuilt = [log.count("rebuilt the empty cache from storage: 3 files") for log in logs]
+        self.assertEqual(sorted(rebuilt), [0, 1], "\n".join(logs))
+        for server in servers:
+            for i, wheel in enumerate(wheels):
+                self.assertEqual(self.files_of(server, f"e2e-stampede-{i}"), [wheel[0]])
+
 
 class PostgreSQLSharedIndexTests(SharedIndexTests, ServerCase):
     """Two processes on one PostgreSQL cache."""
@@ -138,3 +179,13 @@ class PostgreSQLSharedIndexTests(SharedIndexTests, ServerCase):
     def cache_options(self) -> Mapping[str, str]:
         url = new_postgres_database(self)
         return {"pypi.db": "sql", "db.url": url.render_as_string(hide_password=False)}
+
+
+class RedisSharedIndexTests(SharedIndexTests, ServerCase):
+    """Two processes on one Redis cache (a key prefix of their own)."""
+
+    def cache_options(self) -> Mapping[str, str]:
+        url = require_service("PPC_TEST_REDIS_URL", "Redis")
+        prefix = f"e2e-{secrets.token_hex(6)}:"
+        self.addCleanup(delete_redis_keys, url, prefix)
+        return {"pypi.db": "redis", "db.url": url, "db.prefix": prefix}

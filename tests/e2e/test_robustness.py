@@ -9,6 +9,7 @@ import shutil
 import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 
@@ -24,6 +25,8 @@ from tests.e2e.server import (
     write_big_wheel,
 )
 from tests.pgdb import new_postgres_database
+from tests.realservices import require_service
+from tests.redisdb import delete_redis_keys
 
 MiB = 1024 * 1024
 log = Logger()
@@ -269,3 +272,47 @@ class DatabaseDownTests(ServerCase):
         self.assertEqual(len(server.project_json("e2e-pg")["files"]), 2)
         self.assertNotIn(self.password, health.text)
         self.assertNotIn(self.password, server.log_text())
+
+
+class RedisDownTests(ServerCase):
+    """Redis going away (cut at a TCP proxy) is answered 503 quickly, then recovered."""
+
+    def test_redis_cut_and_restored(self) -> None:
+        """With the proxy to Redis down, reads answer 503 within 5 s with a message and
+        ``/health`` is 503 naming the cache; once it is back, reads and uploads work again
+        without restarting the server."""
+        url = urlsplit(require_service("PPC_TEST_REDIS_URL", "Redis"))
+        proxy = TcpProxy((url.hostname or "127.0.0.1", url.port or 6379))
+        proxy.start()
+        self.addCleanup(proxy.stop)
+        prefix = f"e2e-down-{secrets.token_hex(6)}:"
+        self.addCleanup(delete_redis_keys, f"redis://{url.netloc}{url.path}", prefix)
+        server = self.start_server(
+            {
+                "pypi.db": "redis",
+                "db.url": f"redis://127.0.0.1:{proxy.port}{url.path or '/0'}",
+                "db.prefix": prefix,
+            }
+        )
+        self.upload_ok(server, make_wheel("e2e-redis", "1.0"), "e2e-redis", "1.0")
+        self.assertEqual(server.get("/simple/e2e-redis/").status, 200)
+
+        proxy.stop()
+        for path in ("/simple/e2e-redis/", "/simple/"):
+            started = time.monotonic()
+            answer = server.get(path, timeout=10)
+            self.assertEqual(answer.status, 503, f"{path}: {answer.text}\n{server.log_tail()}")
+            self.assertLess(time.monotonic() - started, 5.0, path)
+            self.assertIn("redis", answer.text.lower())
+        health = server.get("/health", timeout=10)
+        self.assertEqual(health.status, 503, health.text)
+        self.assertFalse(health.json()["backends"]["cache"]["ok"])
+
+        proxy.start()
+        deadline = time.monotonic() + 15
+        while (status := server.get("/simple/e2e-redis/").status) != 200:
+            self.assertLess(time.monotonic(), deadline, f"still {status}\n{server.log_tail()}")
+            time.sleep(0.2)
+        self.assertEqual(server.get("/health").status, 200)
+        self.upload_ok(server, make_wheel("e2e-redis", "2.0"), "e2e-redis", "2.0")
+        self.assertEqual(len(server.project_json("e2e-redis")["files"]), 2)
