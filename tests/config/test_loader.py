@@ -523,7 +523,7 @@ class BackendChoiceTests(SynchronousTestCase):
     def test_bad_choices(self) -> None:
         """Unknown short names and paths that cannot be loaded give one clear line."""
         for value, expected in [
-            ("floppy", "unknown backend 'floppy' (choose one of file, memory"),
+            ("floppy", "unknown backend 'floppy' (choose one of cloudfront, file, gcs, memory"),
             ("no_such_module.Storage", "no module named 'no_such_module'"),
             ("tests.config.backends.Missing", "tests.config.backends has no 'Missing'"),
             ("tests.config.backends.NotABackend", "is not a backend class (it has no Options)"),
