@@ -325,6 +325,13 @@ svc_mariadb_start() {
   wait_ready mariadb mariadb-admin --no-defaults -h 127.0.0.1 -P "$MARIADB_PORT" -u root ping
 }
 
+svc_mariadb_stop() {
+  # The pid file holds runuser's pid (as root): ask the server itself to shut down first.
+  mariadb-admin --no-defaults -h 127.0.0.1 -P "$MARIADB_PORT" -u root shutdown \
+    >/dev/null 2>&1 || true
+  stop_pid mariadb
+}
+
 svc_mariadb_env() {
   echo "export PPC_TEST_MYSQL_URL=mysql+pymysql://root@127.0.0.1:$MARIADB_PORT/mysql"
 }
