@@ -17,7 +17,9 @@ from pypicloud_tx.domain.policy import Policy
 from pypicloud_tx.errors import PPCError
 from pypicloud_tx.runtime import Runtime
 from pypicloud_tx.services.auth import Authenticator
+from pypicloud_tx.services.fallback import Fallback, FallbackOptions
 from pypicloud_tx.services.index import IndexOptions, PackageIndex
+from pypicloud_tx.services.upstream import IUpstream, UpstreamClient, public_url
 
 log = Logger()
 
@@ -172,6 +174,53 @@ class IndexServer(Service):
         if self._port is not None:
             await self._port.stopListening()
         await stop_backends(self._backends)
+
+
+def build_fallback(
+    settings: Settings,
+    index: PackageIndex,
+    runtime: Runtime,
+    spool_dir: str | None = None,
+    upstream: IUpstream | None = None,
+) -> Fallback:
+    """The upstream fallback of ``pypi.fallback``: with ``upstream`` (tests give one), else
+    with its own client and connection pool, built without connecting
+    (:class:`FallbackStopper` closes the pool)."""
+    options = FallbackOptions(
+        mode=settings.fallback,
+        always_show_upstream=settings.always_show_upstream,
+        disallow=frozenset(settings.disallow_fallback),
+        cache_update=settings.cache_update,
+        simple_url=public_url(settings.fallback_simple_url),
+        base_url=public_url(settings.fallback_root_url) if settings.fallback_root_url else None,
+        cache_seconds=settings.fallback_cache_seconds,
+        max_stale=settings.fallback_max_stale,
+        max_file_size=settings.max_upload_size,
+    )
+    if options.mode == "none":
+        return Fallback(index, None, options, runtime.reactor)
+    if upstream is not None:
+        return Fallback(index, upstream, options, runtime.reactor)
+    client = UpstreamClient.build(
+        runtime.reactor,
+        settings.fallback_simple_url,
+        timeout=settings.fallback_timeout,
+        max_connections=settings.fallback_max_connections,
+        run_blocking=runtime.threads("upstream", 2),
+        spool_dir=spool_dir,
+    )
+    return Fallback(index, client, options, runtime.reactor)
+
+
+class FallbackStopper(Service):
+    """Closes the upstream client's connections when the application stops."""
+
+    def __init__(self, fallback: Fallback) -> None:
+        self._fallback = fallback
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._fallback.stop()
 
 
 def make_authenticator(backends: Backends, reactor: Any) -> Authenticator:

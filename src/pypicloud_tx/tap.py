@@ -71,10 +71,12 @@ def makeService(options: Options) -> IService:
     from twisted.internet.endpoints import serverFromString
 
     from pypicloud_tx.application import (
+        FallbackStopper,
         IndexServer,
         OrderedServices,
         ThreadPools,
         build_backends,
+        build_fallback,
         build_index,
         make_authenticator,
     )
@@ -90,12 +92,17 @@ def makeService(options: Options) -> IService:
     runtime = Runtime(reactor=reactor, threads=pools, here=settings.here, settings=settings)
     backends = build_backends(settings, runtime)
     index = build_index(settings, backends, runtime)
+    fallback = build_fallback(settings, index, runtime, spool_dir=tempfile.gettempdir())
+    if fallback.mode != "none":
+        # Closes the upstream pool, after the server (children stop in reverse order).
+        FallbackStopper(fallback).setServiceParent(root)
     ctx = WebContext(
         index=index,
         auth=make_authenticator(backends, reactor),
         settings=settings,
         run_blocking=pools("uploads", 4),
         spool_dir=tempfile.gettempdir(),
+        fallback=fallback,
     )
     site = IndexSite(build_resource(ctx), settings.max_upload_size, spool_dir=ctx.spool_dir)
     site.access_log = bool(options["access-log"])

@@ -435,23 +435,6 @@ class CoreOptionTests(SynchronousTestCase):
             )
         self.assertEqual(events, [])
 
-    def test_fallback_options_warn(self) -> None:
-        """pypi.fallback* options are accepted with a warning saying they are ignored."""
-        with capturedLogs() as events:
-            settings_of(
-                {
-                    "pypi.fallback": "cache",
-                    "pypi.fallback_base_url": "https://x",
-                    "pypi.always_show_upstream": "true",
-                    "pypi.use_fallback": "false",
-                }
-            )
-        messages = sorted(formatEvent(e) for e in events)
-        self.assertEqual(len(messages), 4)
-        for message in messages:
-            self.assertIn("ignored", message)
-        self.assertIn("pypi.fallback is not supported by this version yet and is ignored", messages)
-
 
 class BackendChoiceTests(SynchronousTestCase):
     """pypi.storage, pypi.db and pypi.auth by short name, pypicloud path or dotted path."""

@@ -15,9 +15,11 @@ accepted silently: a pypicloud ``server.ini`` carries many.  Every error is a
 from __future__ import annotations
 
 import configparser
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 
@@ -83,6 +85,55 @@ def _url(text: str) -> str:
     return value
 
 
+def _upstream_url(text: str) -> str:
+    """An upstream URL; it may carry ``user:password@``, so the value is never echoed."""
+    value = text.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("is not an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return value
+
+
+FALLBACK_MODES = ("redirect", "cache", "none", "mirror")
+
+
+def _fallback_mode(text: str) -> str:
+    value = text.strip().lower()
+    if value not in FALLBACK_MODES:
+        raise ValueError(f"{text.strip()!r} is not one of redirect, cache, none")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text.strip()!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{text.strip()!r} must be a number of seconds above zero")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text.strip()!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{text.strip()!r} must be 0 or a number of seconds")
+    return value
+
+
+def _project_names(text: str) -> tuple[str, ...]:
+    names = as_list(text)
+    for name in names:
+        if not is_valid_name(name):
+            raise ValueError(f"{name!r} is not a valid project name")
+    return tuple(sorted({canonical(n) for n in names}))
+
+
 #: pypi.* options: option -> (Settings field, parser)
 CORE: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "pypi.default_read": ("default_read", as_list),
@@ -100,17 +151,21 @@ CORE: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     # settings: a backend's own Options never see them (and so never refuse them).
     "auth.signing_key": ("signing_key", _signing_key),
     "auth.token_expire": ("token_expire", _positive),
+    # The upstream fallback (docs/fallback.md).
+    "pypi.fallback": ("fallback", _fallback_mode),
+    "pypi.fallback_url": ("fallback_url", _upstream_url),
+    "pypi.fallback_base_url": ("fallback_base_url", _upstream_url),
+    "pypi.always_show_upstream": ("always_show_upstream", as_bool),
+    "pypi.disallow_fallback": ("disallow_fallback", _project_names),
+    "pypi.fallback_timeout": ("fallback_timeout", _seconds),
+    "pypi.fallback_cache_seconds": ("fallback_cache_seconds", _non_negative_seconds),
+    "pypi.fallback_max_stale": ("fallback_max_stale", _non_negative_seconds),
+    "pypi.fallback_max_connections": ("fallback_max_connections", _positive),
+    # Deprecated by pypicloud: true means redirect, false none (when pypi.fallback is unset).
+    "pypi.use_fallback": ("use_fallback", as_bool),
 }
 #: pypicloud options this version reads but does not act on yet; a warning says so.
-NOT_YET = {
-    "pypi.fallback",
-    "pypi.fallback_url",
-    "pypi.fallback_base_url",
-    "pypi.always_show_upstream",
-    "pypi.disallow_fallback",
-    "pypi.fallback_timeout",
-    "pypi.use_fallback",
-}
+NOT_YET: frozenset[str] = frozenset()
 #: pypicloud options that have no effect here because the behaviour is always on.
 ALWAYS_ON = {"pypi.calculate_package_hashes", "pypi.use_json_scripts"}
 PERMS = {"r": frozenset({"read"}), "rw": frozenset({"read", "write"})}
@@ -259,6 +314,7 @@ def parse_settings(raw: Mapping[str, str], here: str = ".", listen: str | None =
         choice, cls = resolve(option, raw.get(option, DEFAULT_BACKENDS[option]).strip())
         options = parse_options(cls.Options, namespace, namespaces[namespace])
         backends[namespace] = BackendChoice(choice, cls, options)
+    _resolve_fallback(values)
     _warn_unknown_groups(packages, groups)
     access_lists = AccessLists(
         users=users, groups=groups, packages={k: dict(v) for k, v in packages.items()}
@@ -279,6 +335,23 @@ def parse_settings(raw: Mapping[str, str], here: str = ".", listen: str | None =
         if check is not None:
             check(settings)
     return settings
+
+
+def _resolve_fallback(values: dict[str, Any]) -> None:
+    """Apply pypicloud's deprecated fallback spellings to ``values`` (in place)."""
+    use_fallback = values.pop("use_fallback", None)
+    if use_fallback is not None:
+        log.warn("pypi.use_fallback is deprecated; use pypi.fallback = redirect or none")
+        values.setdefault("fallback", "redirect" if use_fallback else "none")
+    if values.get("fallback") == "mirror":
+        log.warn(
+            "pypi.fallback = mirror is deprecated; use pypi.fallback = cache and "
+            "pypi.always_show_upstream = true"
+        )
+        values["fallback"] = "cache"
+        values.setdefault("always_show_upstream", True)
+    if "fallback_url" in values and "fallback_base_url" not in values:
+        log.warn("pypi.fallback_url is deprecated; use pypi.fallback_base_url")
 
 
 def _warn_unknown_groups(

@@ -10,6 +10,9 @@ import attrs
 ONE_GB = 1024**3
 #: ``auth.token_expire``'s default (pypicloud's): one week, in seconds.
 ONE_WEEK = 7 * 24 * 60 * 60
+#: The default upstream index.
+PYPI = "https://pypi.org"
+PYPI_SIMPLE = PYPI + "/simple"
 
 
 @attrs.frozen
@@ -59,3 +62,39 @@ class Settings:
     signing_key: str | None = attrs.field(default=None, repr=False)
     #: ``auth.token_expire``: seconds a sign-up token stays valid.
     token_expire: int = ONE_WEEK
+    #: ``pypi.fallback``: ``none``, ``redirect`` or ``cache`` (``docs/fallback.md``).
+    fallback: str = "none"
+    #: ``pypi.fallback_url`` (deprecated): the upstream simple index.
+    fallback_url: str | None = attrs.field(default=None, repr=False)
+    #: ``pypi.fallback_base_url``: upstream's root (``<it>/simple``, ``<it>/pypi``).
+    fallback_base_url: str | None = attrs.field(default=None, repr=False)
+    #: ``pypi.always_show_upstream``: merge upstream's files into private projects' pages.
+    always_show_upstream: bool = False
+    #: ``pypi.disallow_fallback``: canonical names never looked up upstream.
+    disallow_fallback: tuple[str, ...] = ()
+    #: ``pypi.fallback_timeout``: seconds for one upstream exchange.
+    fallback_timeout: float = 10.0
+    #: ``pypi.fallback_cache_seconds``: seconds an upstream page is used before revalidating.
+    fallback_cache_seconds: float = 60.0
+    #: ``pypi.fallback_max_stale``: seconds a page is still used while upstream fails.
+    fallback_max_stale: float = 24 * 3600.0
+    #: ``pypi.fallback_max_connections``: upstream exchanges at once.
+    fallback_max_connections: int = 10
+
+    @property
+    def fallback_simple_url(self) -> str:
+        """The upstream simple index (may carry credentials: never log it)."""
+        if self.fallback_base_url:
+            return self.fallback_base_url + "/simple"
+        return self.fallback_url or PYPI_SIMPLE
+
+    @property
+    def fallback_root_url(self) -> str | None:
+        """Upstream's root, for ``/pypi/<name>/json`` redirects; None when not known."""
+        if self.fallback_base_url:
+            return self.fallback_base_url
+        if self.fallback_url is None:
+            return PYPI
+        if self.fallback_url.endswith("/simple"):
+            return self.fallback_url[: -len("/simple")]
+        return None

@@ -12,9 +12,10 @@ from twisted.logger import Logger
 
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.domain import dists
-from pypicloud_tx.domain.models import Identity, PackageFile, ProjectSummary, Upload
+from pypicloud_tx.domain.models import UPSTREAM, Identity, PackageFile, ProjectSummary, Upload
 from pypicloud_tx.domain.names import canonical, parse_filename, sort_key, versions_equal
 from pypicloud_tx.domain.policy import READ, WRITE, Policy
+from pypicloud_tx.domain.upstream_pages import UpstreamFile
 from pypicloud_tx.errors import (
     Conflict,
     Forbidden,
@@ -109,6 +110,14 @@ class PackageIndex:
         """What ``caller`` may do with project ``name`` (canonical)."""
         return self.policy.permissions(caller, (await self._acls()).get(name), name)
 
+    async def require(self, caller: Identity, name: str, perm: str) -> None:
+        """Return if ``caller`` has ``perm`` on ``name`` (canonical).
+
+        :raises Unauthenticated: for an anonymous caller without it.
+        :raises Forbidden: for a logged-in caller without it.
+        """
+        await self._require(caller, name, perm)
+
     async def _require(self, caller: Identity, name: str, perm: str) -> None:
         if perm in await self.permissions(caller, name):
             return
@@ -131,10 +140,19 @@ class PackageIndex:
         :raises NotFound: when the project has no files.
         :raises Unauthenticated: / :raises Forbidden: when the caller may not read it.
         """
-        files = await self.cache.all(name)
+        files = await self.stored_files(name)
         if not files:
             raise NotFound(f"There is no project named {name} on this index.")
         await self._require(caller, name, READ)
+        return files
+
+    async def stored_files(self, name: str) -> list[PackageFile]:
+        """Every file held for canonical ``name``, oldest version first, maybe none; no
+        permission check (for the services: the fallback decides on it).  The caller must
+        not change the list."""
+        files = await self.cache.all(name)
+        if not files:
+            return files
         # A memoising cache hands back the very same list until something changes: keep its
         # ordered copy, so a page is sorted once per change, not once per request.
         known = self._ordered.get(name)
@@ -145,6 +163,10 @@ class PackageIndex:
             self._ordered.clear()
         self._ordered[name] = (files, ordered)
         return ordered
+
+    async def stored_file(self, filename: str) -> PackageFile | None:
+        """The record of ``filename`` if it is held here; no permission check."""
+        return await self.cache.fetch(filename)
 
     async def file(self, caller: Identity, name: str, filename: str) -> PackageFile:
         """One file the caller may read.  ``name`` may be non-canonical."""
@@ -215,20 +237,78 @@ class PackageIndex:
         info = await self._run_blocking(dists.inspect_distribution, upload.stream, upload.filename)
         dists.check_agrees(info, dist.name, dist.version)
         file = self._package_file(caller, upload, dist.name, dist.version, info)
+        stored = await self._store(
+            file, upload.stream, info.core_metadata, self._options.allow_overwrite
+        )
+        log.info("stored {filename} for {user}", filename=file.filename, user=caller.username)
+        return stored
+
+    async def store_upstream(self, download: Upload, source: UpstreamFile) -> PackageFile:
+        """Store a file fetched (and checked) from the upstream index, as ``origin = upstream``,
+        through the same path as uploads: storage first, then the cache.
+
+        Its metadata is read from the archive as for uploads; an archive whose metadata
+        cannot be read (some old sdists) is stored without it, since its bytes are exactly
+        upstream's.
+
+        :raises InvalidUpload: the filename is not a distribution's.
+        :raises Conflict: a different file of that name is held here.
+        """
+        dist = parse_filename(download.filename)
+        info: Any = None
         try:
-            await self.storage.put(
-                file, upload.stream, info.core_metadata, self._options.allow_overwrite
+            info = await self._run_blocking(
+                dists.inspect_distribution, download.stream, download.filename
             )
+            dists.check_agrees(info, dist.name, dist.version)
+        except InvalidUpload as e:
+            log.warn(
+                "{filename} from upstream: {problem}; stored without its metadata",
+                filename=download.filename,
+                problem=e.message,
+            )
+            info = None
+        core = info.core_metadata if info is not None else None
+        fields = info.fields if info is not None else {}
+        file = PackageFile(
+            name=dist.name,
+            version=dist.version,
+            filename=download.filename,
+            size=download.size,
+            sha256=download.sha256,
+            md5=download.md5,
+            blake2b_256=download.blake2b_256,
+            upload_time=source.upload_time or self._now(),
+            display_name=(info.name if info is not None else "") or dist.name,
+            summary=info.summary if info is not None else "",
+            requires_python=source.requires_python
+            or (info.requires_python if info is not None else None),
+            metadata_sha256=hashlib.sha256(core).hexdigest() if core is not None else None,
+            yanked=source.yanked,
+            origin=UPSTREAM,
+            metadata={k: v for k, v in fields.items() if v not in (None, "", [], ())},
+        )
+        return await self._store(file, download.stream, core, overwrite=False)
+
+    async def _store(
+        self, file: PackageFile, stream: IO[bytes], core: bytes | None, overwrite: bool
+    ) -> PackageFile:
+        """Put ``stream`` in storage as ``file``, then record it in the cache.
+
+        :raises Conflict: a file of that name with other bytes is stored (and ``overwrite``
+            is off).
+        """
+        try:
+            await self.storage.put(file, stream, core, overwrite)
         except Conflict:
             if not await self._same_bytes_stored(file):
-                raise _exists(upload.filename) from None
+                raise _exists(file.filename) from None
             # The same bytes were stored before (a retried upload, or one interrupted
             # before the cache heard of it): record them and succeed.
             stored = await self.cache.fetch(file.filename)
             if stored is not None:
                 return stored
         await self.cache.save(file)
-        log.info("stored {filename} for {user}", filename=file.filename, user=caller.username)
         return file
 
     def _package_file(

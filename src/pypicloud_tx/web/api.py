@@ -81,13 +81,15 @@ def add_api_routes(app: Klein, ctx: WebContext) -> None:
     async def download(request: IRequest, project: str, filename: str) -> IResource | bytes:
         caller = await ctx.caller(request)
         if filename.endswith(METADATA_SUFFIX):
-            file = await ctx.index.file(caller, project, filename[: -len(METADATA_SUFFIX)])
-            data = await ctx.index.core_metadata(file)
+            data, digest = await ctx.fallback.core_metadata(
+                caller, project, filename[: -len(METADATA_SUFFIX)]
+            )
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            request.setHeader(b"ETag", f'"{file.metadata_sha256}"'.encode())
+            request.setHeader(b"ETag", f'"{digest}"'.encode())
             request.setHeader(b"Cache-Control", f"max-age={ctx.settings.package_max_age}".encode())
             return data
-        file = await ctx.index.file(caller, project, filename)
+        # Held here, or (pypi.fallback = cache) fetched from upstream and stored first.
+        file = await ctx.fallback.file(caller, project, filename)
         url = None if ctx.settings.stream_files else await ctx.index.download_url(file)
         if url is not None:
             return redirect(request, url, 302)

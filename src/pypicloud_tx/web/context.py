@@ -13,6 +13,7 @@ from pypicloud_tx.config.model import Settings
 from pypicloud_tx.domain.models import Identity
 from pypicloud_tx.services.accounts import Accounts
 from pypicloud_tx.services.auth import Authenticator
+from pypicloud_tx.services.fallback import Fallback
 from pypicloud_tx.services.index import PackageIndex
 from pypicloud_tx.services.tokens import Tokens
 
@@ -34,6 +35,10 @@ class WebContext:
     #: API tokens; built from the others unless given.
     tokens: Tokens = attrs.field(
         default=attrs.Factory(lambda self: Tokens(self.index.access, self.auth), takes_self=True)
+    )
+    #: The upstream fallback (``pypi.fallback``); never looks upstream unless given.
+    fallback: Fallback = attrs.field(
+        default=attrs.Factory(lambda self: Fallback.disabled(self.index), takes_self=True)
     )
 
     async def caller(self, request: IRequest) -> Identity:

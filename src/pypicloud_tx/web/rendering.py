@@ -6,12 +6,13 @@ import datetime as dt
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
 from pypicloud_tx.domain.models import PackageFile
 from pypicloud_tx.domain.names import is_prerelease, sort_key
+from pypicloud_tx.domain.upstream_pages import UpstreamFile
 
 API_VERSION = "1.1"
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
@@ -123,9 +124,72 @@ def root_json(names: Iterable[str]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 
-def project_html(name: str, files: Sequence[PackageFile]) -> bytes:
+def upstream_file_url(file: UpstreamFile, direct: bool) -> str:
+    """Where a page links an upstream file: upstream itself (``direct``), or this server's
+    download URL, which fetches and caches it on first use."""
+    if direct:
+        return file.url
+    return f"../../api/package/{file.name}/{file.filename}"
+
+
+def _hash_fragment(hashes: Mapping[str, str]) -> str:
+    """``#sha256=<hex>`` (or another algorithm when upstream gave no sha256), or nothing."""
+    if not hashes:
+        return ""
+    algorithm = "sha256" if "sha256" in hashes else sorted(hashes)[0]
+    return f"#{algorithm}={hashes[algorithm]}"
+
+
+def _upstream_html(f: UpstreamFile, direct: bool) -> str:
+    attrs = [f'href="{escape(upstream_file_url(f, direct) + _hash_fragment(f.hashes))}"']
+    if f.requires_python:
+        attrs.append(f'data-requires-python="{escape(f.requires_python)}"')
+    if f.core_metadata is not False:
+        value = _hash_fragment(f.metadata_hashes)[1:] or "true"
+        attrs.append(f'data-core-metadata="{escape(value)}"')
+        attrs.append(f'data-dist-info-metadata="{escape(value)}"')
+    if f.yanked is not None:
+        attrs.append(f'data-yanked="{escape(f.yanked)}"')
+    return f"<a {' '.join(attrs)}>{escape(f.filename)}</a><br>\n"
+
+
+def _upstream_json(f: UpstreamFile, direct: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "filename": f.filename,
+        "url": upstream_file_url(f, direct),
+        "hashes": dict(f.hashes),
+        "requires-python": f.requires_python,
+        "core-metadata": (dict(f.metadata_hashes) or True) if f.core_metadata else False,
+        "yanked": f.yanked if f.yanked is not None else False,
+    }
+    # PEP 700 fields only when upstream gave them (an HTML upstream page never does).
+    if f.size is not None:
+        entry["size"] = f.size
+    if f.upload_time is not None:
+        entry["upload-time"] = upload_time(f.upload_time)
+    return entry
+
+
+def _merged(
+    files: Sequence[PackageFile], upstream: Sequence[UpstreamFile]
+) -> list[PackageFile | UpstreamFile]:
+    """Local and upstream files in one list, oldest version first."""
+    both: list[PackageFile | UpstreamFile] = [*files, *upstream]
+    return sorted(both, key=lambda f: (sort_key(f.version), f.filename))
+
+
+def project_html(
+    name: str,
+    files: Sequence[PackageFile],
+    upstream: Sequence[UpstreamFile] = (),
+    direct: bool = False,
+) -> bytes:
+    """The PEP 503 page; ``upstream`` files (not held here) link as :func:`upstream_file_url`."""
     parts = [_head(f"Links for {name}")]
-    for f in files:
+    for f in _merged(files, upstream) if upstream else files:
+        if isinstance(f, UpstreamFile):
+            parts.append(_upstream_html(f, direct))
+            continue
         attrs = [f'href="{escape(file_url(f))}#sha256={f.sha256}"']
         if f.requires_python:
             attrs.append(f'data-requires-python="{escape(f.requires_python)}"')
@@ -143,14 +207,22 @@ def upload_time(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def project_json(name: str, files: Sequence[PackageFile]) -> bytes:
-    versions = sorted({f.version for f in files}, key=sort_key)
+def project_json(
+    name: str,
+    files: Sequence[PackageFile],
+    upstream: Sequence[UpstreamFile] = (),
+    direct: bool = False,
+) -> bytes:
+    """The PEP 691 page; ``upstream`` files (not held here) link as :func:`upstream_file_url`."""
+    versions = sorted({f.version for f in files} | {f.version for f in upstream}, key=sort_key)
     doc = {
         "meta": {"api-version": API_VERSION},
         "name": name,
         "versions": versions,
         "files": [
-            {
+            _upstream_json(f, direct)
+            if isinstance(f, UpstreamFile)
+            else {
                 "filename": f.filename,
                 "url": file_url(f),
                 "hashes": {"sha256": f.sha256},
@@ -160,7 +232,7 @@ def project_json(name: str, files: Sequence[PackageFile]) -> bytes:
                 "size": f.size,
                 "upload-time": upload_time(f.upload_time),
             }
-            for f in files
+            for f in (_merged(files, upstream) if upstream else files)
         ],
     }
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")

@@ -17,6 +17,7 @@ from pypicloud_tx.web.admin import add_admin_routes
 from pypicloud_tx.web.api import add_api_routes
 from pypicloud_tx.web.context import WebContext, json_body
 from pypicloud_tx.web.errors import failure_to_response
+from pypicloud_tx.web.fetch import add_fetch_routes
 from pypicloud_tx.web.simple import add_simple_routes
 from pypicloud_tx.web.tokens import add_token_routes
 from pypicloud_tx.web.users import add_user_routes
@@ -52,6 +53,7 @@ def build_app(ctx: WebContext) -> Klein:
 
     add_simple_routes(app, ctx)
     add_api_routes(app, ctx)
+    add_fetch_routes(app, ctx)
     add_admin_routes(app, ctx)
     add_user_routes(app, ctx)
     add_token_routes(app, ctx)

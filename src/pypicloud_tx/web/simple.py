@@ -7,12 +7,16 @@ from typing import Any
 from xml.parsers import expat
 
 from klein import Klein
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from pypicloud_tx.domain.names import canonical, is_valid_name, versions_equal
 from pypicloud_tx.errors import InvalidUpload, NotFound
+from pypicloud_tx.services.fallback import Redirect
+from pypicloud_tx.services.upstream import UpstreamError
 from pypicloud_tx.web import rendering
 from pypicloud_tx.web.context import WebContext, arg, redirect
+from pypicloud_tx.web.errors import render_error
 from pypicloud_tx.web.upload import receive_upload
 
 MAX_XMLRPC = 1024 * 1024
@@ -57,6 +61,14 @@ def add_simple_routes(app: Klein, ctx: WebContext) -> None:
 
     pages = rendering.PageMemo()
 
+    # Registered before the application's catch-all handler, so it wins for these errors:
+    # an upstream failure is the upstream's (502 Bad Gateway, 504 Gateway Timeout), not ours.
+    @app.handle_errors(UpstreamError)
+    def upstream_failed(request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, UpstreamError)
+        return render_error(request, error.status, error.message, ctx.settings.realm)
+
     def negotiated(request: IRequest, key: str, source: object, kind_body: dict[str, Any]) -> bytes:
         choice = rendering.negotiate(
             (request.getHeader(b"accept") or b"").decode("latin-1"), arg(request, "format")
@@ -98,14 +110,20 @@ def add_simple_routes(app: Klein, ctx: WebContext) -> None:
         name = canonical(project)
         if name != project:
             return redirect(request, f"/{base}/{name}/")
-        files = await ctx.index.project_files(await ctx.caller(request), name)
+        page = await ctx.fallback.project_page(await ctx.caller(request), name)
+        if isinstance(page, Redirect):
+            return redirect(request, page.url, 302)
         return negotiated(
             request,
             name,
-            files,
+            page,
             {
-                "html": lambda: rendering.project_html(name, files),
-                "json": lambda: rendering.project_json(name, files),
+                "html": lambda: rendering.project_html(
+                    name, page.files, page.upstream, page.direct
+                ),
+                "json": lambda: rendering.project_json(
+                    name, page.files, page.upstream, page.direct
+                ),
             },
         )
 
@@ -196,7 +214,10 @@ def add_simple_routes(app: Klein, ctx: WebContext) -> None:
         if not is_valid_name(project):
             raise NotFound(f"{project!r} is not a valid project name.")
         name = canonical(project)
-        files = await ctx.index.project_files(await ctx.caller(request), name)
+        found = await ctx.fallback.json_files(await ctx.caller(request), name, version)
+        if isinstance(found, Redirect):
+            return redirect(request, found.url, 302)
+        files = found
         if version is not None:
             files = [f for f in files if f.version == version] or [
                 f for f in files if versions_equal(f.version, version)
