@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
+from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from pypicloud_tx.web.download import StreamPusher
 from tests.web.harness import RouteTestCase
 
 
@@ -145,3 +151,126 @@ class DownloadTests(RouteTestCase):
         response, body = self.request("GET", f"/api/package/demo/{filename}")
         self.assertEqual((response.code, body), (200, data))
         self.assertEqual(self.header(response, b"cache-control"), [b"max-age=0"])
+
+
+class FakeRequest:
+    """What StreamPusher uses of a request, recording what it is told."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.finished = False
+        self.lost = False
+        self.producer: Any = None
+        self._finish: Deferred[None] = Deferred()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def notifyFinish(self) -> Deferred[None]:
+        return self._finish
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def finish(self) -> None:
+        self.finished = True
+
+    def loseConnection(self) -> None:
+        self.lost = True
+
+    def client_gone(self) -> None:
+        self._finish.errback(Exception("connection lost"))
+
+
+class HeldReads:
+    """A RunBlocking whose calls wait until :meth:`release` (standing in for a thread pool)
+    and which records that nothing ran before then."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def __call__(self, work: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.waiting.append((d, work, args))
+        return d
+
+    def release(self) -> None:
+        d, work, args = self.waiting.pop(0)
+        try:
+            result = work(*args)
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+
+class StreamPusherTests(SynchronousTestCase):
+    DATA = bytes(range(256)) * 4096  # 1 MiB
+
+    def test_reads_run_off_the_calling_thread(self) -> None:
+        """Every read (and the seek of a Range) goes through run_blocking: nothing is written
+        until a read returns, one read is in flight at a time, and the body is exact."""
+        reads = HeldReads()
+        request = FakeRequest()
+        stream = io.BytesIO(self.DATA)
+        StreamPusher(request, stream, 1000, len(self.DATA) - 1000, reads).start()
+        self.assertEqual(request.written, [])
+        self.assertEqual(len(reads.waiting), 1)
+        while reads.waiting:
+            reads.release()
+            self.assertLessEqual(len(reads.waiting), 1)
+        self.assertEqual(b"".join(request.written), self.DATA[1000:])
+        self.assertTrue(request.finished)
+        self.assertTrue(stream.closed)
+
+    def test_pause_and_resume(self) -> None:
+        """While paused no read is started; resuming continues where it stopped."""
+        reads = HeldReads()
+        request = FakeRequest()
+        pusher = StreamPusher(request, io.BytesIO(self.DATA), 0, len(self.DATA), reads)
+        pusher.start()
+        pusher.pauseProducing()
+        reads.release()
+        self.assertEqual(reads.waiting, [])
+        pusher.resumeProducing()
+        while reads.waiting:
+            reads.release()
+        self.assertEqual(b"".join(request.written), self.DATA)
+
+    def test_client_gone_during_a_read(self) -> None:
+        """When the client goes away while a read is in flight, the stream is closed only
+        after that read returns, and nothing more is written."""
+        reads = HeldReads()
+        request = FakeRequest()
+        stream = io.BytesIO(self.DATA)
+        StreamPusher(request, stream, 0, len(self.DATA), reads).start()
+        request.client_gone()
+        self.assertFalse(stream.closed)
+        reads.release()
+        self.assertTrue(stream.closed)
+        self.assertEqual(request.written, [])
+        self.assertEqual(reads.waiting, [])
+
+    def test_read_error_drops_the_connection(self) -> None:
+        """A read that fails half-way (an object store connection broke) drops the
+        connection: the client never mistakes a partial body for the file."""
+        reads = HeldReads()
+        request = FakeRequest()
+        stream = io.BytesIO(self.DATA)
+        StreamPusher(request, stream, 0, len(self.DATA), reads).start()
+        reads.release()
+        stream.close()
+        reads.release()
+        self.assertTrue(request.lost)
+        self.assertFalse(request.finished)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_short_stream_drops_the_connection(self) -> None:
+        """A stored file shorter than its record ends in a dropped connection."""
+        request = FakeRequest()
+        StreamPusher(request, io.BytesIO(b"abc"), 0, 10).start()
+        self.assertTrue(request.lost)
+        self.assertFalse(request.finished)

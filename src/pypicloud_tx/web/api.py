@@ -94,7 +94,7 @@ def add_api_routes(app: Klein, ctx: WebContext) -> None:
         if url is not None:
             return redirect(request, url, 302)
         stream = await ctx.index.open(file)
-        return FileBody(file, stream, ctx.settings.package_max_age)
+        return FileBody(file, stream, ctx.settings.package_max_age, ctx.run_blocking)
 
     @app.route("/api/package/<string:project>/<string:filename>", methods=["POST"])
     async def upload(request: IRequest, project: str, filename: str) -> bytes:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import re
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 from zope.interface import implementer
 
+from pypicloud_tx.backends._threads import RunBlocking, run_synchronously
 from pypicloud_tx.domain.models import PackageFile
 
 log = Logger()
+T = TypeVar("T")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -51,11 +54,20 @@ class FileBody(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, file: PackageFile, stream: IO[bytes], max_age: int) -> None:
+    def __init__(
+        self,
+        file: PackageFile,
+        stream: IO[bytes],
+        max_age: int,
+        run_blocking: RunBlocking | None = None,
+    ) -> None:
+        """:param run_blocking: where the stream is read (a thread pool; ``None`` reads on
+        the calling thread, for streams that never block)."""
         super().__init__()
         self._file = file
         self._stream = stream
         self._max_age = max_age
+        self._run_blocking = run_blocking
 
     def render(self, request: Any) -> int | bytes:
         f = self._file
@@ -88,48 +100,89 @@ class FileBody(resource.Resource):
             request.setResponseCode(206)
             request.setHeader(b"Content-Range", f"bytes {start}-{end}/{f.size}".encode())
         request.setHeader(b"Content-Length", str(length).encode())
-        StreamPusher(request, self._stream, start, length).start()
+        StreamPusher(request, self._stream, start, length, self._run_blocking).start()
         return server.NOT_DONE_YET
 
 
 @implementer(IPushProducer)
 class StreamPusher:
     """Writes ``length`` bytes of ``stream`` from ``start`` to the request, as fast as the
-    client takes them: paused when the transport's buffer is full, resumed when it drains."""
+    client takes them: paused when the transport's buffer is full, resumed when it drains.
 
-    CHUNK = 64 * 1024
+    Reads (and the first seek) run through ``run_blocking``: a stream may be a socket to an
+    object store, and a read must never block the reactor thread.  One read is in flight at a
+    time; the stream is closed once no read uses it.
+    """
 
-    def __init__(self, request: Any, stream: IO[bytes], start: int, length: int) -> None:
+    CHUNK = 256 * 1024
+
+    def __init__(
+        self,
+        request: Any,
+        stream: IO[bytes],
+        start: int,
+        length: int,
+        run_blocking: RunBlocking | None = None,
+    ) -> None:
         self._request = request
         self._stream = stream
-        self._start = start
+        self._seek_to = start
         self._remaining = length
+        self._run = run_blocking or run_synchronously
         self._paused = False
         self._pumping = False
+        self._reading = False
         self._done = False
+        self._closed = False
 
     def start(self) -> None:
-        if self._start:
-            self._stream.seek(self._start)
         self._request.registerProducer(self, True)
         self._request.notifyFinish().addBoth(lambda _: self._close())
         self._pump()
 
+    def _next_chunk(self, size: int) -> bytes:
+        if self._seek_to:
+            self._stream.seek(self._seek_to)
+            self._seek_to = 0
+        return self._stream.read(size)
+
     def _pump(self) -> None:
-        if self._pumping or self._done:
+        # A loop rather than recursion: with a stream read at once, thousands of chunks in a
+        # row must not deepen the stack.
+        if self._pumping:
             return
         self._pumping = True
         try:
-            while not self._paused and self._remaining > 0 and not self._done:
-                chunk = self._stream.read(min(self.CHUNK, self._remaining))
-                if not chunk:
-                    break
-                self._remaining -= len(chunk)
-                self._request.write(chunk)
+            while not (self._reading or self._done or self._paused):
+                if self._remaining <= 0:
+                    self._finish()
+                    return
+                self._reading = True
+                d = self._run(self._next_chunk, min(self.CHUNK, self._remaining))
+                d.addCallbacks(self._got, self._failed)
         finally:
             self._pumping = False
-        if not self._paused and not self._done:
+
+    def _got(self, chunk: bytes) -> None:
+        self._reading = False
+        if self._done:
+            self._close_stream()
+            return
+        if not chunk:
             self._finish()
+            return
+        self._remaining -= len(chunk)
+        self._request.write(chunk)
+        self._pump()
+
+    def _failed(self, failure: Failure) -> None:
+        self._reading = False
+        if not self._done:
+            log.failure("reading a stored file failed", failure)
+            self._close()
+            self._request.unregisterProducer()
+            self._request.loseConnection()
+        self._close_stream()
 
     def _finish(self) -> None:
         self._close()
@@ -145,6 +198,12 @@ class StreamPusher:
     def _close(self) -> None:
         if not self._done:
             self._done = True
+        if not self._reading:
+            self._close_stream()
+
+    def _close_stream(self) -> None:
+        if not self._closed:
+            self._closed = True
             self._stream.close()
 
     def pauseProducing(self) -> None:
