@@ -12,7 +12,9 @@ setup(
     python_requires=">=3.11",
     package_dir={"": "src", "twisted": "twisted"},
     packages=find_packages("src") + ["twisted.plugins"],
-    package_data={"pypicloud_tx": ["web/templates/*.html", "py.typed"]},
+    package_data={
+        "pypicloud_tx": ["web/templates/*.html", "web/ui/static/*.css", "web/ui/static/*.js", "py.typed"]
+    },
     install_requires=[
         "twisted[tls]>=24.7",
         "klein>=24.8",
@@ -29,6 +31,8 @@ setup(
         "sqlalchemy>=2.0",
         "multipart>=1.2",
         "zope.interface>=6.0",
+        # the web interface renders long descriptions as PyPI does (Markdown needs [md])
+        "readme-renderer[md]>=42.0",
     ],
     extras_require={
         "postgresql": ["psycopg[binary]>=3.1"],
@@ -50,6 +54,8 @@ setup(
             "ruff>=0.6",
             "mypy>=1.11",
             "mypy-zope>=1.0",
+            # tests/browser drive Debian's chromium (never a downloaded browser)
+            "playwright>=1.40",
         ],
     },
     entry_points={

@@ -7,9 +7,11 @@ variables override the file (``PPC_STORAGE_DIR`` sets ``storage.dir``,
 ``PPC_PYPI_DEFAULT_READ`` sets ``pypi.default_read``, ``PPC_AUTH_LDAP_URL`` sets
 ``auth.ldap.url``).
 
-Options outside our namespaces (``use``, ``pyramid.*``, ``session.*``, ``retry.*``, ...) are
-accepted silently: a pypicloud ``server.ini`` carries many.  Every error is a
-:class:`ConfigError` whose message is one line naming the option.
+Options outside our namespaces (``use``, ``pyramid.*``, ``retry.*``, ...) are accepted silently:
+a pypicloud ``server.ini`` carries many.  Of Beaker's ``session.*`` options the ones the web
+interface uses are read (``session.encrypt_key``, ``session.validate_key``, ``session.secure``,
+``session.timeout``) plus ours (``session.max_age``, ``session.url``); the rest are ignored.
+Every error is a :class:`ConfigError` whose message is one line naming the option.
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ def _signing_key(text: str) -> str:
             "must not be empty (generate one with: "
             "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
+    return value
+
+
+def _secret(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("must not be empty (leave the option out instead)")
     return value
 
 
@@ -163,6 +172,13 @@ CORE: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "pypi.fallback_max_connections": ("fallback_max_connections", _positive),
     # Deprecated by pypicloud: true means redirect, false none (when pypi.fallback is unset).
     "pypi.use_fallback": ("use_fallback", as_bool),
+    # The browser session (Beaker's option names where pypicloud had them; docs/web-ui.md).
+    "session.encrypt_key": ("session_encrypt_key", _secret),
+    "session.validate_key": ("session_validate_key", _secret),
+    "session.secure": ("session_secure", as_bool),
+    "session.timeout": ("session_timeout", _positive),
+    "session.max_age": ("session_max_age", _positive),
+    "session.url": ("session_url", _secret),
 }
 #: pypicloud options this version reads but does not act on yet; a warning says so.
 NOT_YET: frozenset[str] = frozenset()

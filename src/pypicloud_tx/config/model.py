@@ -13,6 +13,8 @@ ONE_WEEK = 7 * 24 * 60 * 60
 #: The default upstream index.
 PYPI = "https://pypi.org"
 PYPI_SIMPLE = PYPI + "/simple"
+#: ``session.timeout``'s default: one day, in seconds.
+ONE_DAY = 24 * 60 * 60
 
 
 @attrs.frozen
@@ -80,6 +82,19 @@ class Settings:
     fallback_max_stale: float = 24 * 3600.0
     #: ``pypi.fallback_max_connections``: upstream exchanges at once.
     fallback_max_connections: int = 10
+    #: ``session.validate_key`` / ``session.encrypt_key``: the secret that signs browser session
+    #: cookies (``None`` for both: a key is generated at start-up, with a warning).
+    session_validate_key: str | None = attrs.field(default=None, repr=False)
+    session_encrypt_key: str | None = attrs.field(default=None, repr=False)
+    #: ``session.secure``: send the session cookie over HTTPS only.
+    session_secure: bool = False
+    #: ``session.timeout``: seconds a browser session lasts without being used.
+    session_timeout: int = ONE_DAY
+    #: ``session.max_age``: seconds a browser session lasts at most, however much it is used.
+    session_max_age: int = ONE_WEEK
+    #: ``session.url``: the database of browser sessions (default: the access or cache database
+    #: when it is SQL, else this process's memory).  May hold a password: never in a repr.
+    session_url: str | None = attrs.field(default=None, repr=False)
 
     @property
     def fallback_simple_url(self) -> str:

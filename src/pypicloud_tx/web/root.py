@@ -20,6 +20,7 @@ from pypicloud_tx.web.errors import failure_to_response
 from pypicloud_tx.web.fetch import add_fetch_routes
 from pypicloud_tx.web.simple import add_simple_routes
 from pypicloud_tx.web.tokens import add_token_routes
+from pypicloud_tx.web.ui import add_ui_routes
 from pypicloud_tx.web.users import add_user_routes
 
 log = Logger()
@@ -57,6 +58,7 @@ def build_app(ctx: WebContext) -> Klein:
     add_admin_routes(app, ctx)
     add_user_routes(app, ctx)
     add_token_routes(app, ctx)
+    add_ui_routes(app, ctx)
 
     @app.handle_errors(Exception)
     def errors(request: IRequest, failure: Failure) -> bytes:
