@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -12,13 +14,17 @@ from twisted.logger import Logger
 
 from pypicloud_tx.backends._threads import RunBlocking, ThreadPoolService
 from pypicloud_tx.backends.cache.memo import MemoizedCache
+from pypicloud_tx.backends.sessions.memory import MemorySessionStore
+from pypicloud_tx.backends.sessions.sql import SQLSessionStore
 from pypicloud_tx.config.model import Settings
 from pypicloud_tx.domain.policy import Policy
 from pypicloud_tx.errors import PPCError
+from pypicloud_tx.interfaces import ISessionStore
 from pypicloud_tx.runtime import Runtime
 from pypicloud_tx.services.auth import Authenticator
 from pypicloud_tx.services.fallback import Fallback, FallbackOptions
 from pypicloud_tx.services.index import IndexOptions, PackageIndex
+from pypicloud_tx.services.sessions import Sessions, session_secret
 from pypicloud_tx.services.upstream import IUpstream, UpstreamClient, public_url
 
 log = Logger()
@@ -225,3 +231,39 @@ class FallbackStopper(Service):
 
 def make_authenticator(backends: Backends, reactor: Any) -> Authenticator:
     return Authenticator(backends.access, reactor)
+
+
+def store_location(settings: Settings) -> tuple[str, str] | None:
+    """``(database URL, option naming it)`` for the session table, or ``None`` for memory."""
+    if settings.session_url:
+        return settings.session_url, "session.url"
+    access = settings.access
+    if access.cls.__module__ == "pypicloud_tx.backends.access.sql":
+        return str(access.options.db__url), "auth.db.url"
+    cache = settings.cache
+    if cache.cls.__module__ == "pypicloud_tx.backends.cache.sql":
+        return str(cache.options.url), "db.url"
+    return None
+
+
+def build_sessions(
+    settings: Settings, run_blocking: RunBlocking, now: Callable[[], float] = time.time
+) -> Sessions:
+    """The sessions of a deployment, stored where :func:`store_location` says."""
+    location = store_location(settings)
+    store: ISessionStore
+    if location is None:
+        log.info(
+            "browser sessions are kept in this process's memory (no SQL database is "
+            "configured): with several processes, set session.url"
+        )
+        store = MemorySessionStore()
+    else:
+        store = SQLSessionStore.from_url(location[0], run_blocking, location[1])
+    return Sessions(
+        store,
+        session_secret(settings),
+        timeout=settings.session_timeout,
+        max_age=settings.session_max_age,
+        now=now,
+    )

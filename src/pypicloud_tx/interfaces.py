@@ -16,7 +16,7 @@ from zope.interface import Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from pypicloud_tx.domain.models import PackageFile, ProjectSummary
+    from pypicloud_tx.domain.models import PackageFile, ProjectSummary, SessionRecord
     from pypicloud_tx.domain.tokens import ApiToken
 
 #: A permission on a package.
@@ -259,3 +259,23 @@ class IMutableAccessBackend(IAccessBackend):
         whose id is unknown are added (``ApiToken.to_dict`` records, for users that exist).
         Loading the same data twice changes nothing the second time.
         """
+
+
+class ISessionStore(Interface):
+    """Where session records live; every process of a deployment must see the same ones."""
+
+    def add(record: SessionRecord) -> Deferred[None]:
+        """Store a new record (and drop records that have ended by ``record.created``)."""
+
+    def get(key: str) -> Deferred[SessionRecord | None]:
+        """The record stored under ``key``, or ``None`` (ended records may still be returned:
+        the caller checks :meth:`SessionRecord.alive`)."""
+
+    def touch(key: str, expires: int) -> Deferred[None]:
+        """Move the idle deadline of ``key`` (no error if it is gone)."""
+
+    def remove(key: str) -> Deferred[None]:
+        """Delete the record of ``key`` (no error if it is gone)."""
+
+    def remove_user(username: str, keep: str | None) -> Deferred[int]:
+        """Delete every record of ``username`` except ``keep``; fires with how many."""

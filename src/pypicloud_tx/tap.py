@@ -78,6 +78,7 @@ def makeService(options: Options) -> IService:
         build_backends,
         build_fallback,
         build_index,
+        build_sessions,
         make_authenticator,
     )
     from pypicloud_tx.runtime import Runtime
@@ -103,6 +104,7 @@ def makeService(options: Options) -> IService:
         run_blocking=pools("uploads", 4),
         spool_dir=tempfile.gettempdir(),
         fallback=fallback,
+        sessions=build_sessions(settings, pools("sessions", 4)),
     )
     site = IndexSite(build_resource(ctx), settings.max_upload_size, spool_dir=ctx.spool_dir)
     site.access_log = bool(options["access-log"])

@@ -18,7 +18,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pypicloud_tx.application import build_backends, build_index
+from pypicloud_tx.application import build_backends, build_index, build_sessions
 from pypicloud_tx.backends._threads import run_synchronously
 from pypicloud_tx.config.loader import parse_settings
 from pypicloud_tx.domain.names import parse_filename
@@ -80,6 +80,7 @@ class Index:
             auth=Authenticator(self.backends.access, self.clock),
             settings=self.settings,
             run_blocking=run_synchronously,
+            sessions=build_sessions(self.settings, run_synchronously),
         )
         self.resource = build_resource(self.ctx)
         self.treq = StubTreq(self.resource)

@@ -140,3 +140,18 @@ class Upload:
     def first(self, name: str, default: str | None = None) -> str | None:
         values = self.fields.get(name)
         return values[0] if values else default
+
+
+@attrs.frozen
+class SessionRecord:
+    """One live session: its store key (SHA-256 of the id), its user, and its deadlines in
+    seconds since the epoch (``expires``: idle deadline, moved on use; ``ends``: absolute)."""
+
+    key: str
+    username: str
+    created: int
+    expires: int
+    ends: int
+
+    def alive(self, now: float) -> bool:
+        return now < self.expires and now < self.ends

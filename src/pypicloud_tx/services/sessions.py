@@ -19,215 +19,26 @@ cookie before logging in) and signs the one-time messages shown after a form is 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import attrs
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
 
-from pypicloud_tx.backends._sql import (
-    create_tables,
-    exact_string,
-    in_transaction,
-    open_engine,
-    run_on_engine,
-)
-from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.config.model import Settings
+from pypicloud_tx.domain.models import SessionRecord
+from pypicloud_tx.interfaces import ISessionStore
 
 log = Logger()
 
 #: A session's use is written back at most this often (seconds), not on every request.
 TOUCH_INTERVAL = 300
-#: Threads of the session database's connection pool.
-THREADS = 4
-
-
-@attrs.frozen
-class SessionRecord:
-    """One live session: its store key (SHA-256 of the id), its user, and its deadlines in
-    seconds since the epoch (``expires``: idle deadline, moved on use; ``ends``: absolute)."""
-
-    key: str
-    username: str
-    created: int
-    expires: int
-    ends: int
-
-    def alive(self, now: float) -> bool:
-        return now < self.expires and now < self.ends
-
-
-class ISessionStore(Interface):
-    """Where session records live; every process of a deployment must see the same ones."""
-
-    def add(record: SessionRecord) -> Deferred[None]:
-        """Store a new record (and drop records that have ended by ``record.created``)."""
-
-    def get(key: str) -> Deferred[SessionRecord | None]:
-        """The record stored under ``key``, or ``None`` (ended records may still be returned:
-        the caller checks :meth:`SessionRecord.alive`)."""
-
-    def touch(key: str, expires: int) -> Deferred[None]:
-        """Move the idle deadline of ``key`` (no error if it is gone)."""
-
-    def remove(key: str) -> Deferred[None]:
-        """Delete the record of ``key`` (no error if it is gone)."""
-
-    def remove_user(username: str, keep: str | None) -> Deferred[int]:
-        """Delete every record of ``username`` except ``keep``; fires with how many."""
-
-
-@implementer(ISessionStore)
-class MemorySessionStore:
-    """Records in this process's memory: for tests, and for a deployment of one process."""
-
-    def __init__(self) -> None:
-        self._records: dict[str, SessionRecord] = {}
-
-    def add(self, record: SessionRecord) -> Deferred[None]:
-        now = record.created
-        for key, found in list(self._records.items()):
-            if not found.alive(now):
-                del self._records[key]
-        self._records[record.key] = record
-        return succeed(None)
-
-    def get(self, key: str) -> Deferred[SessionRecord | None]:
-        return succeed(self._records.get(key))
-
-    def touch(self, key: str, expires: int) -> Deferred[None]:
-        found = self._records.get(key)
-        if found is not None:
-            self._records[key] = attrs.evolve(found, expires=expires)
-        return succeed(None)
-
-    def remove(self, key: str) -> Deferred[None]:
-        self._records.pop(key, None)
-        return succeed(None)
-
-    def remove_user(self, username: str, keep: str | None) -> Deferred[int]:
-        gone = [k for k, r in self._records.items() if r.username == username and k != keep]
-        for key in gone:
-            del self._records[key]
-        return succeed(len(gone))
-
-
-sessions_metadata = sa.MetaData()
-sessions_table = sa.Table(
-    "ppc_sessions",
-    sessions_metadata,
-    sa.Column("key", exact_string(64), primary_key=True),
-    sa.Column("username", exact_string(255), nullable=False, index=True),
-    sa.Column("created", sa.BigInteger(), nullable=False),
-    sa.Column("expires", sa.BigInteger(), nullable=False),
-    sa.Column("ends", sa.BigInteger(), nullable=False, index=True),
-)
-
-
-@implementer(ISessionStore)
-class SQLSessionStore:
-    """Records in the ``ppc_sessions`` table of a SQL database (SQLite, PostgreSQL, MySQL).
-
-    The table is created on first use, so a database that is down at start-up only makes the
-    web interface answer 503 until it is back.
-    """
-
-    def __init__(
-        self,
-        engine: Engine,
-        run: RunBlocking,
-        lock: contextlib.AbstractContextManager[Any] | None = None,
-        option: str = "session.url",
-    ) -> None:
-        self._engine = engine
-        self._run = run
-        self._lock = lock if lock is not None else contextlib.nullcontext()
-        self._what = f"the session database ({option})"
-        self._ready = False
-        self._ready_lock = threading.Lock()
-
-    @classmethod
-    def from_url(cls, url: str, run: RunBlocking, option: str) -> SQLSessionStore:
-        """:raises ConfigError: for an unreadable URL or a missing driver."""
-        engine, lock = open_engine(url, option, THREADS)
-        return cls(engine, run, lock, option)
-
-    def _blocking(self, work: Callable[[Any], Any]) -> Any:
-        def run(engine: Engine) -> Any:
-            if not self._ready:
-                with self._ready_lock:
-                    if not self._ready:
-                        create_tables(engine, sessions_metadata, "the session table")
-                        self._ready = True
-            return in_transaction(work)(engine)
-
-        return run_on_engine(self._engine, run, self._what, self._lock)
-
-    def add(self, record: SessionRecord) -> Deferred[None]:
-        def work(conn: Any) -> None:
-            t = sessions_table.c
-            conn.execute(
-                sessions_table.delete().where(
-                    sa.or_(t.ends <= record.created, t.expires <= record.created)
-                )
-            )
-            conn.execute(sessions_table.insert().values(**attrs.asdict(record)))
-
-        return self._run(self._blocking, work)
-
-    def get(self, key: str) -> Deferred[SessionRecord | None]:
-        def work(conn: Any) -> SessionRecord | None:
-            row = conn.execute(sa.select(sessions_table).where(sessions_table.c.key == key)).first()
-            if row is None:
-                return None
-            return SessionRecord(
-                key=row.key,
-                username=row.username,
-                created=int(row.created),
-                expires=int(row.expires),
-                ends=int(row.ends),
-            )
-
-        return self._run(self._blocking, work)
-
-    def touch(self, key: str, expires: int) -> Deferred[None]:
-        def work(conn: Any) -> None:
-            conn.execute(
-                sessions_table.update().where(sessions_table.c.key == key).values(expires=expires)
-            )
-
-        return self._run(self._blocking, work)
-
-    def remove(self, key: str) -> Deferred[None]:
-        def work(conn: Any) -> None:
-            conn.execute(sessions_table.delete().where(sessions_table.c.key == key))
-
-        return self._run(self._blocking, work)
-
-    def remove_user(self, username: str, keep: str | None) -> Deferred[int]:
-        def work(conn: Any) -> int:
-            condition = sessions_table.c.username == username
-            if keep is not None:
-                condition = sa.and_(condition, sessions_table.c.key != keep)
-            return int(conn.execute(sessions_table.delete().where(condition)).rowcount or 0)
-
-        return self._run(self._blocking, work)
-
-    def stop(self) -> None:
-        self._engine.dispose()
 
 
 def _b64(data: bytes) -> str:
@@ -380,39 +191,3 @@ def session_secret(settings: Settings) -> bytes:
         "session.validate_key to a long random secret"
     )
     return os.urandom(32)
-
-
-def store_location(settings: Settings) -> tuple[str, str] | None:
-    """``(database URL, option naming it)`` for the session table, or ``None`` for memory."""
-    if settings.session_url:
-        return settings.session_url, "session.url"
-    access = settings.access
-    if access.cls.__module__ == "pypicloud_tx.backends.access.sql":
-        return str(access.options.db__url), "auth.db.url"
-    cache = settings.cache
-    if cache.cls.__module__ == "pypicloud_tx.backends.cache.sql":
-        return str(cache.options.url), "db.url"
-    return None
-
-
-def build_sessions(
-    settings: Settings, run_blocking: RunBlocking, now: Callable[[], float] = time.time
-) -> Sessions:
-    """The sessions of a deployment, stored where :func:`store_location` says."""
-    location = store_location(settings)
-    store: ISessionStore
-    if location is None:
-        log.info(
-            "browser sessions are kept in this process's memory (no SQL database is "
-            "configured): with several processes, set session.url"
-        )
-        store = MemorySessionStore()
-    else:
-        store = SQLSessionStore.from_url(location[0], run_blocking, location[1])
-    return Sessions(
-        store,
-        session_secret(settings),
-        timeout=settings.session_timeout,
-        max_age=settings.session_max_age,
-        now=now,
-    )

@@ -15,7 +15,7 @@ from pypicloud_tx.services.accounts import Accounts
 from pypicloud_tx.services.auth import Authenticator
 from pypicloud_tx.services.fallback import Fallback
 from pypicloud_tx.services.index import PackageIndex
-from pypicloud_tx.services.sessions import Sessions, build_sessions
+from pypicloud_tx.services.sessions import Sessions
 from pypicloud_tx.services.tokens import Tokens
 
 
@@ -41,12 +41,8 @@ class WebContext:
     fallback: Fallback = attrs.field(
         default=attrs.Factory(lambda self: Fallback.disabled(self.index), takes_self=True)
     )
-    #: Browser sessions of the web interface (``web/ui/``); built from the settings unless given.
-    sessions: Sessions = attrs.field(
-        default=attrs.Factory(
-            lambda self: build_sessions(self.settings, self.run_blocking), takes_self=True
-        )
-    )
+    #: Browser sessions of the web interface (``web/ui/``): ``application.build_sessions``.
+    sessions: Sessions = attrs.field(kw_only=True)
 
     async def caller(self, request: IRequest) -> Identity:
         """The identity behind the request's credentials (memoised on the request)."""

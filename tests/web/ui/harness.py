@@ -18,7 +18,8 @@ import attrs
 from treq.client import HTTPClient
 from treq.testing import StubTreq, _SynchronousProducer
 
-from pypicloud_tx.services.sessions import MemorySessionStore, Sessions
+from pypicloud_tx.backends.sessions.memory import MemorySessionStore
+from pypicloud_tx.services.sessions import Sessions
 from pypicloud_tx.web.context import WebContext
 from pypicloud_tx.web.root import IndexSite, build_resource
 from tests.distfactory import encode_upload

@@ -10,18 +10,15 @@ from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from zope.interface.verify import verifyObject
 
+from pypicloud_tx.application import build_sessions, store_location
 from pypicloud_tx.backends._threads import run_synchronously
+from pypicloud_tx.backends.sessions.memory import MemorySessionStore
+from pypicloud_tx.backends.sessions.sql import SQLSessionStore
 from pypicloud_tx.config.loader import parse_settings
+from pypicloud_tx.domain.models import SessionRecord
 from pypicloud_tx.errors import ConfigError
-from pypicloud_tx.services.sessions import (
-    ISessionStore,
-    MemorySessionStore,
-    SessionRecord,
-    Sessions,
-    SQLSessionStore,
-    build_sessions,
-    store_location,
-)
+from pypicloud_tx.interfaces import ISessionStore
+from pypicloud_tx.services.sessions import Sessions
 from tests.web.harness import BASE_OPTIONS, MUTABLE_OPTIONS, _fired
 from tests.web.ui.harness import SECRET, UiTestCase, with_sessions
 

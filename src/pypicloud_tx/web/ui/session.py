@@ -12,8 +12,7 @@ from typing import Any, cast
 import attrs
 from twisted.web.iweb import IRequest
 
-from pypicloud_tx.domain.models import ANONYMOUS, Identity
-from pypicloud_tx.services.sessions import SessionRecord
+from pypicloud_tx.domain.models import ANONYMOUS, Identity, SessionRecord
 from pypicloud_tx.web.context import WebContext
 
 SESSION_COOKIE = "ppc_session"
