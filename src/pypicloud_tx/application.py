@@ -19,13 +19,13 @@ from pypicloud_tx.backends.sessions.sql import SQLSessionStore
 from pypicloud_tx.config.model import Settings
 from pypicloud_tx.domain.policy import Policy
 from pypicloud_tx.errors import PPCError
-from pypicloud_tx.interfaces import ISessionStore
+from pypicloud_tx.interfaces import ISessionStore, IUpstream
 from pypicloud_tx.runtime import Runtime
 from pypicloud_tx.services.auth import Authenticator
 from pypicloud_tx.services.fallback import Fallback, FallbackOptions
 from pypicloud_tx.services.index import IndexOptions, PackageIndex
 from pypicloud_tx.services.sessions import Sessions, session_secret
-from pypicloud_tx.services.upstream import IUpstream, UpstreamClient, public_url
+from pypicloud_tx.services.upstream import UpstreamClient, public_url
 
 log = Logger()
 

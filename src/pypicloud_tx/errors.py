@@ -56,5 +56,14 @@ class BackendUnavailable(PPCError):
     """A storage, cache or access backend cannot be reached right now."""
 
 
+class UpstreamError(BackendUnavailable):
+    """The upstream index failed us: unreachable, an error status, a page we cannot read, a
+    file whose hash differs (answered 502 Bad Gateway)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream index did not answer in time (answered 504 Gateway Timeout)."""
+
+
 class ConfigError(PPCError):
     """A configuration option is missing or wrong; the message names it."""

@@ -16,8 +16,9 @@ from zope.interface import Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from pypicloud_tx.domain.models import PackageFile, ProjectSummary, SessionRecord
+    from pypicloud_tx.domain.models import PackageFile, ProjectSummary, SessionRecord, Upload
     from pypicloud_tx.domain.tokens import ApiToken
+    from pypicloud_tx.domain.upstream_pages import PageFetch, UpstreamFile
 
 #: A permission on a package.
 READ = "read"
@@ -279,3 +280,32 @@ class ISessionStore(Interface):
 
     def remove_user(username: str, keep: str | None) -> Deferred[int]:
         """Delete every record of ``username`` except ``keep``; fires with how many."""
+
+
+class IUpstream(Interface):
+    """An upstream index that project pages and files are read from."""
+
+    def project(name: str, etag: str | None) -> Deferred[PageFetch]:
+        """The project page of canonical ``name``, revalidated with ``etag`` when given.
+
+        :raises NotFound: upstream has no such project.
+        :raises UpstreamError: for any other failure (:class:`UpstreamTimeout` for a timeout).
+        """
+
+    def download(file: UpstreamFile, max_size: int) -> Deferred[Upload]:
+        """The bytes of ``file`` in a temporary file (the caller closes ``stream``), with their
+        digests, after checking them against every hash the page gave.
+
+        :raises UpstreamError: unreachable, an error status, larger than ``max_size``,
+            a partial body, no hash to check against, or a hash that differs.
+        """
+
+    def core_metadata(file: UpstreamFile) -> Deferred[bytes]:
+        """The PEP 658 metadata file of ``file``, checked against the page's hash of it.
+
+        :raises NotFound: upstream has none.
+        :raises UpstreamError: as :meth:`download`.
+        """
+
+    def stop() -> Deferred[None]:
+        """Close the kept-alive connections."""

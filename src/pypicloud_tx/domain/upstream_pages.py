@@ -389,3 +389,12 @@ def choose_files(
     sdists = [f for f in files if f.kind == "sdist"]
     chosen = (wheels or sdists) if wheel else (sdists or wheels)
     return tuple(chosen)
+
+
+@attrs.frozen
+class PageFetch:
+    """A project page fetched from upstream: ``project`` is ``None`` when upstream answered
+    ``304 Not Modified`` to the ``ETag`` we sent."""
+
+    project: UpstreamProject | None
+    etag: str | None

@@ -42,9 +42,9 @@ from pypicloud_tx.domain.upstream_pages import (
     choose_files,
     parse_requirement,
 )
-from pypicloud_tx.errors import Forbidden, InvalidUpload, NotFound, Unauthenticated
+from pypicloud_tx.errors import Forbidden, InvalidUpload, NotFound, Unauthenticated, UpstreamError
+from pypicloud_tx.interfaces import IUpstream
 from pypicloud_tx.services.index import PackageIndex
-from pypicloud_tx.services.upstream import IUpstream, UpstreamError
 
 log = Logger()
 T = TypeVar("T")

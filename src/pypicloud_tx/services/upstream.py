@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import IO, Any, NoReturn
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import attrs
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
@@ -42,18 +41,19 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from pypicloud_tx import __version__
 from pypicloud_tx.backends._threads import RunBlocking, run_synchronously
 from pypicloud_tx.domain.models import Upload
 from pypicloud_tx.domain.upstream_pages import (
+    PageFetch,
     UpstreamFile,
     UpstreamPageError,
-    UpstreamProject,
     parse_project_page,
 )
-from pypicloud_tx.errors import BackendUnavailable, NotFound
+from pypicloud_tx.errors import NotFound, UpstreamError, UpstreamTimeout
+from pypicloud_tx.interfaces import IUpstream
 
 log = Logger()
 
@@ -69,57 +69,6 @@ ACCEPT = (
 USER_AGENT = f"pypicloud-tx/{__version__} (upstream fallback)"
 #: Files up to this size stay in memory while downloading; larger ones go to disk.
 SPOOL_IN_MEMORY = 1024 * 1024
-
-
-class UpstreamError(BackendUnavailable):
-    """The upstream index failed us: unreachable, an error status, a page we cannot read, a
-    file whose hash differs.  Answered ``502 Bad Gateway``."""
-
-    status = 502
-
-
-class UpstreamTimeout(UpstreamError):
-    """The upstream index did not answer in time.  Answered ``504 Gateway Timeout``."""
-
-    status = 504
-
-
-@attrs.frozen
-class PageFetch:
-    """A project page fetched from upstream: ``project`` is ``None`` when upstream answered
-    ``304 Not Modified`` to the ``ETag`` we sent."""
-
-    project: UpstreamProject | None
-    etag: str | None
-
-
-class IUpstream(Interface):
-    """An upstream index that project pages and files are read from."""
-
-    def project(name: str, etag: str | None) -> Deferred[PageFetch]:
-        """The project page of canonical ``name``, revalidated with ``etag`` when given.
-
-        :raises NotFound: upstream has no such project.
-        :raises UpstreamError: for any other failure (:class:`UpstreamTimeout` for a timeout).
-        """
-
-    def download(file: UpstreamFile, max_size: int) -> Deferred[Upload]:
-        """The bytes of ``file`` in a temporary file (the caller closes ``stream``), with their
-        digests, after checking them against every hash the page gave.
-
-        :raises UpstreamError: unreachable, an error status, larger than ``max_size``,
-            a partial body, no hash to check against, or a hash that differs.
-        """
-
-    def core_metadata(file: UpstreamFile) -> Deferred[bytes]:
-        """The PEP 658 metadata file of ``file``, checked against the page's hash of it.
-
-        :raises NotFound: upstream has none.
-        :raises UpstreamError: as :meth:`download`.
-        """
-
-    def stop() -> Deferred[None]:
-        """Close the kept-alive connections."""
 
 
 def public_url(url: str) -> str:

@@ -13,7 +13,10 @@ from pypicloud_tx import errors
 
 log = Logger()
 
+#: The first matching class decides: subclasses before their bases.
 STATUS: dict[type[errors.PPCError], int] = {
+    errors.UpstreamTimeout: 504,
+    errors.UpstreamError: 502,
     errors.InvalidUpload: 400,
     errors.Unauthenticated: 401,
     errors.Forbidden: 403,

@@ -7,16 +7,13 @@ from typing import Any
 from xml.parsers import expat
 
 from klein import Klein
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from pypicloud_tx.domain.names import canonical, is_valid_name, versions_equal
 from pypicloud_tx.errors import InvalidUpload, NotFound
 from pypicloud_tx.services.fallback import Redirect
-from pypicloud_tx.services.upstream import UpstreamError
 from pypicloud_tx.web import rendering
 from pypicloud_tx.web.context import WebContext, arg, redirect
-from pypicloud_tx.web.errors import render_error
 from pypicloud_tx.web.upload import receive_upload
 
 MAX_XMLRPC = 1024 * 1024
@@ -60,14 +57,6 @@ def add_simple_routes(app: Klein, ctx: WebContext) -> None:
     """Register ``/simple/``, ``/pypi/``, ``/legacy/``, ``/`` (POST) and ``/RPC2``."""
 
     pages = rendering.PageMemo()
-
-    # Registered before the application's catch-all handler, so it wins for these errors:
-    # an upstream failure is the upstream's (502 Bad Gateway, 504 Gateway Timeout), not ours.
-    @app.handle_errors(UpstreamError)
-    def upstream_failed(request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, UpstreamError)
-        return render_error(request, error.status, error.message, ctx.settings.realm)
 
     def negotiated(request: IRequest, key: str, source: object, kind_body: dict[str, Any]) -> bytes:
         choice = rendering.negotiate(
