@@ -503,6 +503,14 @@ class BackendChoiceTests(SynchronousTestCase):
             error = self.assertRaises(ConfigError, parse_settings, options)
             self.assertEqual(error.message, f"{option}: required option is missing")
 
+    def test_pypicloud_path_of_another_kind(self) -> None:
+        """pypicloud's class paths select only backends of their own kind: an access class
+        given as the cache is refused, not mistaken for the SQL cache."""
+        error = self.assertRaises(
+            ConfigError, settings_of, {"pypi.db": "pypicloud.access.SQLAccessBackend"}
+        )
+        self.assertIn("is not a pypicloud class for pypi.db", error.message)
+
     def test_bad_choices(self) -> None:
         """Unknown short names and paths that cannot be loaded give one clear line."""
         for value, expected in [

@@ -59,6 +59,12 @@ _PYPICLOUD = {
 }
 
 KINDS = {"pypi.storage": _STORAGE, "pypi.db": _CACHE, "pypi.auth": _ACCESS}
+#: The package of pypicloud's classes of each kind: its paths only name backends of that kind.
+_PYPICLOUD_PACKAGES = {
+    "pypi.storage": "pypicloud.storage.",
+    "pypi.db": "pypicloud.cache.",
+    "pypi.auth": "pypicloud.access.",
+}
 
 
 def resolve(option: str, value: str) -> tuple[str, type[Any]]:
@@ -67,7 +73,11 @@ def resolve(option: str, value: str) -> tuple[str, type[Any]]:
     :raises ConfigError: when the name is unknown or the class cannot be imported.
     """
     table = KINDS[option]
-    choice = _PYPICLOUD.get(value, value)
+    choice = value
+    if value in _PYPICLOUD:
+        if not value.startswith(_PYPICLOUD_PACKAGES[option]):
+            raise ConfigError(f"{option}: {value!r} is not a pypicloud class for {option}")
+        choice = _PYPICLOUD[value]
     target = table.get(choice)
     if target is None:
         if "." not in choice and ":" not in choice:
