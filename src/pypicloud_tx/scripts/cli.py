@@ -18,6 +18,8 @@ from typing import Any
 from pypicloud_tx import __version__
 from pypicloud_tx.errors import ConfigError
 from pypicloud_tx.scripts.acl import add_acl_commands
+from pypicloud_tx.scripts.check import add_check_command
+from pypicloud_tx.scripts.make_config import add_make_config_command
 from pypicloud_tx.scripts.migrate import add_migrate_command
 from pypicloud_tx.scripts.runner import progress, with_backends
 
@@ -128,6 +130,8 @@ def parser() -> argparse.ArgumentParser:
     rebuild.set_defaults(func=_rebuild)
     add_acl_commands(commands)
     add_migrate_command(commands)
+    add_make_config_command(commands)
+    add_check_command(commands)
     return top
 
 
@@ -164,6 +168,11 @@ def import_alias() -> int:
 def migrate_alias() -> int:
     """``ppc-migrate``."""
     return _alias("migrate")
+
+
+def make_config_alias() -> int:
+    """``ppc-make-config``."""
+    return _alias("make-config")
 
 
 if __name__ == "__main__":
