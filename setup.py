@@ -13,7 +13,7 @@ setup(
     package_dir={"": "src", "twisted": "twisted"},
     packages=find_packages("src") + ["twisted.plugins"],
     package_data={
-        "pypicloud_tx": ["web/templates/*.html", "web/ui/static/*.css", "web/ui/static/*.js", "py.typed"]
+        "pypicloud_tx": ["web/templates/*.html", "web/ui/static/*.css", "web/ui/static/*.js", "py.typed", "scripts/templates/*.jinja2"]
     },
     install_requires=[
         "twisted[tls]>=24.7",
@@ -33,6 +33,8 @@ setup(
         "zope.interface>=6.0",
         # the web interface renders long descriptions as PyPI does (Markdown needs [md])
         "readme-renderer[md]>=42.0",
+        # /metrics (docs/observability.md)
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "postgresql": ["psycopg[binary]>=3.1"],
@@ -56,7 +58,12 @@ setup(
             "mypy-zope>=1.0",
             # tests/browser drive Debian's chromium (never a downloaded browser)
             "playwright>=1.40",
+            # tests/test_docs.py renders the generated configuration reference
+            "sphinx>=7.2",
+            "myst-parser>=3.0",
         ],
+        # the site in docs/ (tox -e docs; .ci/run builds it with warnings as errors)
+        "docs": ["sphinx>=7.2", "myst-parser>=3.0"],
     },
     entry_points={
         "console_scripts": [
@@ -65,6 +72,7 @@ setup(
             "ppc-export = pypicloud_tx.scripts.cli:export_alias",
             "ppc-import = pypicloud_tx.scripts.cli:import_alias",
             "ppc-migrate = pypicloud_tx.scripts.cli:migrate_alias",
+            "ppc-make-config = pypicloud_tx.scripts.cli:make_config_alias",
         ]
     },
     classifiers=[

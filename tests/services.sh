@@ -24,6 +24,8 @@
 #               (+ 29333, 29340, 28888)         SigV4), PPC_TEST_S3_ACCESS_KEY, PPC_TEST_S3_SECRET_KEY
 #   fakegcs     24443 ($PPC_GCS_PORT)           PPC_TEST_GCS_URL=http://127.0.0.1:24443
 #   mariadb     23306 ($PPC_MARIADB_PORT)       PPC_TEST_MYSQL_URL=mysql+pymysql://root@127.0.0.1:23306/mysql
+#   nginx       28080 ($PPC_NGINX_PORT)         PPC_TEST_NGINX=<the nginx binary> (tests run their own
+#                                               nginx with docs/nginx.conf on free ports)
 #
 # Adding a service NAME: append it to SERVICES and define
 #   svc_NAME_packages   echo the Debian packages it needs
@@ -36,7 +38,7 @@
 set -Eeuo pipefail
 trap 'echo "services.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
-SERVICES=(postgres redis slapd moto seaweedfs fakegcs mariadb)
+SERVICES=(postgres redis slapd moto seaweedfs fakegcs mariadb nginx)
 
 SERVICES_DIR=${PPC_SERVICES_DIR:-/tmp/pypicloud-tx-services}
 RUN=$SERVICES_DIR/run                        # pid files, logs, data; removed by `stop`
@@ -56,6 +58,7 @@ S3_ACCESS_KEY=ppc-tests
 S3_SECRET_KEY=ppc-tests-secret
 GCS_PORT=${PPC_GCS_PORT:-24443}
 MARIADB_PORT=${PPC_MARIADB_PORT:-23306}
+NGINX_PORT=${PPC_NGINX_PORT:-28080}
 
 log() { printf '[%(%H:%M:%S)T] services: %s\n' -1 "$*" >&2; }
 now() { date +%s.%N; }
@@ -335,6 +338,44 @@ svc_mariadb_stop() {
 svc_mariadb_env() {
   echo "export PPC_TEST_MYSQL_URL=mysql+pymysql://root@127.0.0.1:$MARIADB_PORT/mysql"
 }
+
+# ------------------------------------------------------------------ nginx
+# The reverse proxy of docs/nginx.conf.  Each test that needs it runs its own nginx from this
+# binary (the example configuration with its ports, paths and certificate relocated, on free
+# ports), so tests never share a proxy; the instance started here only shows the binary works
+# (it answers 204 on every path).
+nginx_binary() { command -v nginx 2>/dev/null || echo /usr/sbin/nginx; }
+
+svc_nginx_packages() { echo nginx; }
+
+svc_nginx_installed() { [[ -x $(nginx_binary) ]]; }
+
+svc_nginx_start() {
+  local dir=$RUN/nginx
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+pid $RUN/nginx.pid;
+error_log $RUN/nginx.log warn;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  server { listen 127.0.0.1:$NGINX_PORT; location / { return 204; } }
+}
+EOF
+  # nginx forks into the background and writes the master's pid to $RUN/nginx.pid.
+  "$(nginx_binary)" -e "$RUN/nginx.log" -p "$dir" -c "$dir/nginx.conf" >>"$RUN/nginx.log" 2>&1 ||
+    { show_log nginx start; return 1; }
+  wait_ready nginx python3 -c "import urllib.request as u; \
+u.urlopen('http://127.0.0.1:$NGINX_PORT/', timeout=2)"
+}
+
+svc_nginx_env() { echo "export PPC_TEST_NGINX=$(nginx_binary)"; }
 
 # ------------------------------------------------------------------ commands
 has() { declare -F "$1" >/dev/null; }

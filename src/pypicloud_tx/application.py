@@ -20,6 +20,7 @@ from pypicloud_tx.config.model import Settings
 from pypicloud_tx.domain.policy import Policy
 from pypicloud_tx.errors import PPCError
 from pypicloud_tx.interfaces import ISessionStore, IUpstream
+from pypicloud_tx.metrics import Metrics
 from pypicloud_tx.runtime import Runtime
 from pypicloud_tx.services.auth import Authenticator
 from pypicloud_tx.services.fallback import Fallback, FallbackOptions
@@ -75,12 +76,19 @@ class Backends:
         return (self.storage, self.cache, self.access)
 
 
-def build_backends(settings: Settings, runtime: Runtime) -> Backends:
-    """Instantiate the configured backends (no I/O yet)."""
+def build_backends(
+    settings: Settings, runtime: Runtime, metrics: Metrics | None = None
+) -> Backends:
+    """Instantiate the configured backends (no I/O yet); with ``metrics``, their calls are
+    measured."""
     storage, cache, access = (
         choice.cls.from_config(choice.options, runtime)
         for choice in (settings.storage, settings.cache, settings.access)
     )
+    if metrics is not None:
+        storage = metrics.instrument_backend("storage", storage, settings.storage.name)
+        cache = metrics.instrument_backend("cache", cache, settings.cache.name)
+        access = metrics.instrument_backend("access", access, settings.access.name)
     return Backends(storage, MemoizedCache(cache), access)
 
 
@@ -188,6 +196,7 @@ def build_fallback(
     runtime: Runtime,
     spool_dir: str | None = None,
     upstream: IUpstream | None = None,
+    metrics: Metrics | None = None,
 ) -> Fallback:
     """The upstream fallback of ``pypi.fallback``: with ``upstream`` (tests give one), else
     with its own client and connection pool, built without connecting
@@ -205,6 +214,8 @@ def build_fallback(
     )
     if options.mode == "none":
         return Fallback(index, None, options, runtime.reactor)
+    if upstream is not None and metrics is not None:
+        upstream = metrics.instrument_upstream(upstream)
     if upstream is not None:
         return Fallback(index, upstream, options, runtime.reactor)
     client = UpstreamClient.build(
@@ -215,6 +226,8 @@ def build_fallback(
         run_blocking=runtime.threads("upstream", 2),
         spool_dir=spool_dir,
     )
+    if metrics is not None:
+        return Fallback(index, metrics.instrument_upstream(client), options, runtime.reactor)
     return Fallback(index, client, options, runtime.reactor)
 
 

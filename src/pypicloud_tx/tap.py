@@ -81,19 +81,26 @@ def makeService(options: Options) -> IService:
         build_sessions,
         make_authenticator,
     )
+    from pypicloud_tx.metrics import Metrics
     from pypicloud_tx.runtime import Runtime
     from pypicloud_tx.web.context import WebContext
+    from pypicloud_tx.web.draining import InFlight
+    from pypicloud_tx.web.requestlog import install_log_context
     from pypicloud_tx.web.root import IndexSite, build_resource
 
     _forward_stdlib_logging()
+    install_log_context()  # request_id on the events of a request (before twist's log file)
     settings = options["settings"]
     root = OrderedServices()
     pools = ThreadPools(reactor)
     pools.setServiceParent(root)
     runtime = Runtime(reactor=reactor, threads=pools, here=settings.here, settings=settings)
-    backends = build_backends(settings, runtime)
+    metrics = Metrics() if settings.metrics else None
+    backends = build_backends(settings, runtime, metrics=metrics)
     index = build_index(settings, backends, runtime)
-    fallback = build_fallback(settings, index, runtime, spool_dir=tempfile.gettempdir())
+    fallback = build_fallback(
+        settings, index, runtime, spool_dir=tempfile.gettempdir(), metrics=metrics
+    )
     if fallback.mode != "none":
         # Closes the upstream pool, after the server (children stop in reverse order).
         FallbackStopper(fallback).setServiceParent(root)
@@ -105,11 +112,15 @@ def makeService(options: Options) -> IService:
         spool_dir=tempfile.gettempdir(),
         fallback=fallback,
         sessions=build_sessions(settings, pools("sessions", 4)),
+        metrics=metrics,
     )
     site = IndexSite(build_resource(ctx), settings.max_upload_size, spool_dir=ctx.spool_dir)
     site.access_log = bool(options["access-log"])
+    site.metrics = metrics
+    # On stop: stop listening, then give requests in progress pypi.shutdown_grace to finish.
+    in_flight = InFlight(site, reactor, settings.shutdown_grace)
     endpoint = serverFromString(reactor, options["endpoint"])
-    server = IndexServer(backends, index, lambda: endpoint.listen(site), reactor)
+    server = IndexServer(backends, index, lambda: in_flight.listen(endpoint), reactor)
     server.setServiceParent(root)
     reactor.addSystemEventTrigger("after", "shutdown", _exit_if_listen_failed, server)
     return root

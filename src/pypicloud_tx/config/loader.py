@@ -17,6 +17,7 @@ Every error is a :class:`ConfigError` whose message is one line naming the optio
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -143,6 +144,22 @@ def _project_names(text: str) -> tuple[str, ...]:
     return tuple(sorted({canonical(n) for n in names}))
 
 
+def _trusted_proxies(text: str) -> tuple[str, ...]:
+    """Addresses and networks (``10.0.0.0/8``, ``::1``) or ``unix``, normalised."""
+    found = []
+    for word in as_list(text):
+        if word.lower() == "unix":
+            found.append("unix")
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(word, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"{word!r} is not an IP address, a network (10.0.0.0/8) or unix"
+            ) from None
+    return tuple(dict.fromkeys(found))
+
+
 #: pypi.* options: option -> (Settings field, parser)
 CORE: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "pypi.default_read": ("default_read", as_list),
@@ -179,6 +196,12 @@ CORE: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "session.timeout": ("session_timeout", _positive),
     "session.max_age": ("session_max_age", _positive),
     "session.url": ("session_url", _secret),
+    # Deployment (docs/deployment.md): proxies whose X-Forwarded-* headers count, and shutdown.
+    "pypi.trusted_proxies": ("trusted_proxies", _trusted_proxies),
+    "pypi.shutdown_grace": ("shutdown_grace", _non_negative_seconds),
+    # Observability (docs/observability.md); metrics_allow takes trusted_proxies' words.
+    "pypi.metrics": ("metrics", as_bool),
+    "pypi.metrics_allow": ("metrics_allow", _trusted_proxies),
 }
 #: pypicloud options this version reads but does not act on yet; a warning says so.
 NOT_YET: frozenset[str] = frozenset()

@@ -95,6 +95,15 @@ class Settings:
     #: ``session.url``: the database of browser sessions (default: the access or cache database
     #: when it is SQL, else this process's memory).  May hold a password: never in a repr.
     session_url: str | None = attrs.field(default=None, repr=False)
+    #: ``pypi.trusted_proxies``: the reverse proxies (networks, or ``unix`` for peers on a Unix
+    #: socket) whose ``X-Forwarded-*`` headers are believed (``web/proxy.py``); none by default.
+    trusted_proxies: tuple[str, ...] = ()
+    #: ``pypi.shutdown_grace``: seconds requests in progress get to finish after SIGTERM.
+    shutdown_grace: float = 20.0
+    #: ``pypi.metrics``: serve Prometheus metrics at ``/metrics`` (``docs/observability.md``).
+    metrics: bool = True
+    #: ``pypi.metrics_allow``: the client networks (or ``unix``) that may read ``/metrics``.
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128", "unix")
 
     @property
     def fallback_simple_url(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import IO, Any
 
@@ -410,17 +411,25 @@ class PackageIndex:
 
     async def health(self) -> dict[str, tuple[bool, str]]:
         """``{"storage"|"cache"|"access": (ok, message)}``."""
+        return {k: (ok, message) for k, (ok, message, _) in (await self.timed_health()).items()}
+
+    async def timed_health(
+        self, clock: Callable[[], float] = time.perf_counter
+    ) -> dict[str, tuple[bool, str, float]]:
+        """``{"storage"|"cache"|"access": (ok, message, seconds the check took)}``."""
         report = {}
         for label, backend in (
             ("storage", self.storage),
             ("cache", self.cache),
             ("access", self.access),
         ):
+            started = clock()
             try:
-                report[label] = tuple(await backend.check_health())
+                ok, message = await backend.check_health()
             except Exception as e:  # a health check must report, never raise
-                report[label] = (False, str(e) or type(e).__name__)
-        return report  # type: ignore[return-value]
+                ok, message = False, str(e) or type(e).__name__
+            report[label] = (ok, message, clock() - started)
+        return report
 
 
 def _exists(filename: str) -> Conflict:

@@ -11,12 +11,14 @@ from twisted.web.iweb import IRequest
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.config.model import Settings
 from pypicloud_tx.domain.models import Identity
+from pypicloud_tx.metrics import Metrics
 from pypicloud_tx.services.accounts import Accounts
 from pypicloud_tx.services.auth import Authenticator
 from pypicloud_tx.services.fallback import Fallback
 from pypicloud_tx.services.index import PackageIndex
 from pypicloud_tx.services.sessions import Sessions
 from pypicloud_tx.services.tokens import Tokens
+from pypicloud_tx.web.proxy import prefix_of
 
 
 @attrs.frozen
@@ -43,6 +45,8 @@ class WebContext:
     )
     #: Browser sessions of the web interface (``web/ui/``): ``application.build_sessions``.
     sessions: Sessions = attrs.field(kw_only=True)
+    #: The Prometheus metrics (``pypi.metrics``); ``None``: not measured, no ``/metrics``.
+    metrics: Metrics | None = attrs.field(default=None, kw_only=True)
 
     async def caller(self, request: IRequest) -> Identity:
         """The identity behind the request's credentials (memoised on the request)."""
@@ -56,12 +60,13 @@ class WebContext:
         return identity
 
     def base_url(self, request: IRequest) -> str:
-        """The server's root URL ending in ``/``: ``pypi.download_url`` or the request's host."""
+        """The server's root URL ending in ``/``: ``pypi.download_url`` or the request's host
+        (and path prefix, behind a trusted proxy: ``web/proxy.py``)."""
         if self.settings.download_url:
             return self.settings.download_url.rstrip("/") + "/"
         scheme = "https" if request.isSecure() else "http"
         host = (request.getHeader(b"host") or b"localhost").decode("latin-1")
-        return f"{scheme}://{host}/"
+        return f"{scheme}://{host}{prefix_of(request)}/"
 
 
 def _accounts(ctx: WebContext) -> Accounts:

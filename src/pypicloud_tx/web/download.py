@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from pypicloud_tx.backends._threads import RunBlocking, run_synchronously
 from pypicloud_tx.domain.models import PackageFile
+from pypicloud_tx.web.requestlog import request_id, request_metrics
 
 log = Logger()
 T = TypeVar("T")
@@ -134,6 +135,9 @@ class StreamPusher:
         self._reading = False
         self._done = False
         self._closed = False
+        # Bytes sent are counted per chunk, so a long download shows in the rate as it goes.
+        metrics = request_metrics(request)
+        self._sent = None if metrics is None else metrics.download_bytes
 
     def start(self) -> None:
         self._request.registerProducer(self, True)
@@ -173,12 +177,16 @@ class StreamPusher:
             return
         self._remaining -= len(chunk)
         self._request.write(chunk)
+        if self._sent is not None:
+            self._sent.inc(len(chunk))
         self._pump()
 
     def _failed(self, failure: Failure) -> None:
         self._reading = False
         if not self._done:
-            log.failure("reading a stored file failed", failure)
+            log.failure(
+                "reading a stored file failed", failure, request_id=request_id(self._request)
+            )
             self._close()
             self._request.unregisterProducer()
             self._request.loseConnection()
@@ -190,7 +198,11 @@ class StreamPusher:
         if self._remaining > 0:
             # The stored file is shorter than its record: never let a client mistake a
             # partial body for the whole file.
-            log.error("stored file ended {remaining} bytes early", remaining=self._remaining)
+            log.error(
+                "stored file ended {remaining} bytes early",
+                remaining=self._remaining,
+                request_id=request_id(self._request),
+            )
             self._request.loseConnection()
             return
         self._request.finish()

@@ -13,11 +13,15 @@ from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from pypicloud_tx.metrics import Metrics
 from pypicloud_tx.web.admin import add_admin_routes
 from pypicloud_tx.web.api import add_api_routes
 from pypicloud_tx.web.context import WebContext, json_body
 from pypicloud_tx.web.errors import failure_to_response
 from pypicloud_tx.web.fetch import add_fetch_routes
+from pypicloud_tx.web.metrics import add_metrics_routes
+from pypicloud_tx.web.proxy import behind_proxies
+from pypicloud_tx.web.requestlog import ObservedRequest, request_ended, track_routes
 from pypicloud_tx.web.simple import add_simple_routes
 from pypicloud_tx.web.tokens import add_token_routes
 from pypicloud_tx.web.ui import add_ui_routes
@@ -41,13 +45,16 @@ def build_app(ctx: WebContext) -> Klein:
 
     @app.route("/health", methods=["GET", "HEAD"])
     async def health(request: IRequest) -> bytes:
-        report = await ctx.index.health()
-        ok = all(status for status, _ in report.values())
+        report = await ctx.index.timed_health()
+        ok = all(status for status, _, _ in report.values())
         return json_body(
             request,
             {
                 "status": "ok" if ok else "unavailable",
-                "backends": {k: {"ok": v[0], "message": v[1]} for k, v in report.items()},
+                "backends": {
+                    k: {"ok": v[0], "message": v[1], "seconds": round(v[2], 6)}
+                    for k, v in report.items()
+                },
             },
             200 if ok else 503,
         )
@@ -59,19 +66,21 @@ def build_app(ctx: WebContext) -> Klein:
     add_user_routes(app, ctx)
     add_token_routes(app, ctx)
     add_ui_routes(app, ctx)
+    add_metrics_routes(app, ctx)
 
     @app.handle_errors(Exception)
     def errors(request: IRequest, failure: Failure) -> bytes:
         return failure_to_response(request, failure, ctx.settings.realm)
 
+    track_routes(app)  # route labels for the metrics; error handlers in the log context
     return app
 
 
 def build_resource(ctx: WebContext) -> IResource:
-    return build_app(ctx).resource()
+    return behind_proxies(build_app(ctx).resource(), ctx.settings.trusted_proxies)
 
 
-class BoundedRequest(server.Request):
+class BoundedRequest(ObservedRequest):
     """A request whose body is spooled to disk past a size and refused past a limit.
 
     twisted.web would otherwise buffer any body without limit; a body over the limit is
@@ -153,7 +162,8 @@ class IndexSite(server.Site):
     #: line per request costs about a quarter of the CPU of a cached project page, and the
     #: proxy in front usually keeps an access log already.
     access_log = False
+    #: The Prometheus metrics each request is counted in (``None``: not measured).
+    metrics: Metrics | None = None
 
     def log(self, request: http.Request) -> None:
-        if self.access_log:
-            http.HTTPFactory.log(self, request)
+        request_ended(self, request)  # metrics, and the access-log line when it is on
