@@ -34,9 +34,16 @@ SOCKET = os.path.join(DOCS, "pypicloud-tx@.socket")
 TEMPLATE = os.path.join(DOCS, "pypicloud-tx@.service")
 #: What systemd does for a service with ``Sockets=``: the socket on fd 3, LISTEN_PID the
 #: service's own pid (``$$`` of a shell that then execs the command keeps that pid).
+#: Put the inherited socket on fd 3 and name this process in LISTEN_PID, as systemd does, then
+#: become the server (exec keeps the pid).  Python, not sh: dash cannot redirect fds above 9.
 ADOPT = (
-    'fd=$1; shift; if [ "$fd" != 3 ]; then eval "exec 3<&$fd $fd<&-"; fi; '
-    'LISTEN_PID=$$; export LISTEN_PID; exec "$@"'
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "if fd != 3:\n"
+    "    os.dup2(fd, 3)\n"
+    "    os.close(fd)\n"
+    "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
 )
 CLEAN_EXITS = (0, -signal.SIGTERM)
 
@@ -154,7 +161,7 @@ class SocketActivationTests(SynchronousTestCase):
         log = open(os.path.join(self.root, f"instance{number}.log"), "ab")  # noqa: SIM115
         self.addCleanup(log.close)
         process = subprocess.Popen(
-            ["/bin/sh", "-c", ADOPT, "sh", str(fd), *command, "--access-log"],
+            [sys.executable, "-c", ADOPT, str(fd), *command, "--access-log"],
             pass_fds=(fd,),
             env=env,
             cwd=self.data,
