@@ -26,7 +26,6 @@ from typing import IO, Any, NoReturn
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from treq.client import HTTPClient
-from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.protocol import Protocol, connectionDone
@@ -35,10 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
-    RequestTransmissionFailed,
     ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
@@ -54,6 +50,7 @@ from pypicloud_tx.domain.upstream_pages import (
 )
 from pypicloud_tx.errors import NotFound, UpstreamError, UpstreamTimeout
 from pypicloud_tx.interfaces import IUpstream
+from pypicloud_tx.netfailures import cancelled, reason
 
 log = Logger()
 
@@ -96,31 +93,6 @@ def _credentials(url: str) -> tuple[str, str | None]:
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     return parts.scheme, (parts.hostname or "").lower(), parts.port
-
-
-def _cancelled(failure: BaseException) -> bool:
-    if isinstance(failure, CancelledError):
-        return True
-    reasons = getattr(failure, "reasons", None) or []
-    return any(r.check(CancelledError) for r in reasons)
-
-
-def _reason(failure: BaseException) -> str:
-    """What went wrong reaching upstream, in a few words."""
-    if isinstance(failure, (ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed)):
-        reasons = getattr(failure, "reasons", None) or []
-        if reasons:
-            return _reason(reasons[0].value)
-    if isinstance(failure, net_error.ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(failure, net_error.DNSLookupError):
-        return "the host name does not resolve"
-    if isinstance(failure, net_error.TimeoutError):
-        return "connecting timed out"
-    if isinstance(failure, (net_error.ConnectionLost, net_error.ConnectionDone)):
-        return "the connection closed before the answer was complete"
-    text = " ".join(str(failure).split())
-    return text or type(failure).__name__
 
 
 class _TooLarge(Exception):
@@ -369,10 +341,10 @@ class UpstreamClient:
             except _TooLarge:
                 raise self._error(f"{public_url(url)} sent more than {limit} bytes") from None
             except Exception as e:
-                if _cancelled(e):
+                if cancelled(e):
                     raise CancelledError() from None
                 raise self._error(
-                    f"cannot reach {public_url(url)}: {_reason(e)} (check pypi.fallback_base_url)"
+                    f"cannot reach {public_url(url)}: {reason(e)} (check pypi.fallback_base_url)"
                 ) from None
         finally:
             self._slots.release()
@@ -480,9 +452,9 @@ class UpstreamClient:
                     timeout=True,
                 ) from None
             except Exception as e:
-                if _cancelled(e):
+                if cancelled(e):
                     raise CancelledError() from None
-                raise self._error(f"cannot download {public_url(url)}: {_reason(e)}") from None
+                raise self._error(f"cannot download {public_url(url)}: {reason(e)}") from None
             if not 200 <= response.code < 300:
                 # Read nothing more: dropping the body closes the connection.
                 response.deliverBody(_Discard())
@@ -504,10 +476,10 @@ class UpstreamClient:
                     f"{file.filename} is larger than pypi.max_upload_size allows; not cached"
                 ) from None
             except Exception as e:
-                if _cancelled(e):
+                if cancelled(e):
                     raise CancelledError() from None
                 raise self._error(
-                    f"the download of {file.filename} from upstream broke off: {_reason(e)}; "
+                    f"the download of {file.filename} from upstream broke off: {reason(e)}; "
                     "not cached"
                 ) from None
         finally:

@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 
 import attrs
 from treq.client import HTTPClient
-from twisted.internet import error as net_error
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -46,19 +45,17 @@ from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
-    RequestTransmissionFailed,
     ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from pypicloud_tx import __version__
-from pypicloud_tx.config.options import as_str, one_line, option
+from pypicloud_tx.config.options import as_str, option
 from pypicloud_tx.domain.names import canonical
 from pypicloud_tx.errors import BackendUnavailable, ConfigError
 from pypicloud_tx.interfaces import READ, WRITE, IAccessBackend
+from pypicloud_tx.netfailures import cancelled, reason
 from pypicloud_tx.runtime import Runtime
 
 log = Logger()
@@ -208,31 +205,6 @@ def _user(value: Any) -> dict[str, Any]:
 
 def _user_or_none(value: Any) -> dict[str, Any] | None:
     return None if value is None else _user(value)
-
-
-def _cancelled(failure: BaseException) -> bool:
-    """Whether ``failure`` is a cancellation, perhaps wrapped by the HTTP client."""
-    if isinstance(failure, CancelledError):
-        return True
-    reasons = getattr(failure, "reasons", None) or []
-    return any(r.check(CancelledError) for r in reasons)
-
-
-def _reason(failure: BaseException) -> str:
-    """What went wrong reaching the server, in a few words."""
-    if isinstance(failure, (ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed)):
-        reasons = getattr(failure, "reasons", None) or []
-        if reasons:
-            return _reason(reasons[0].value)
-    if isinstance(failure, net_error.ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(failure, net_error.DNSLookupError):
-        return "the host name does not resolve"
-    if isinstance(failure, net_error.TimeoutError):
-        return "connecting timed out"
-    if isinstance(failure, (net_error.ConnectionLost, net_error.ConnectionDone)):
-        return "the connection closed before the answer was complete"
-    return one_line(str(failure)) or type(failure).__name__
 
 
 class _TooLarge(Exception):
@@ -451,10 +423,10 @@ class RemoteAccessBackend:
                     endpoint, f"{url} answered more than {self._max_body} bytes"
                 ) from None
             except Exception as e:
-                if _cancelled(e):
+                if cancelled(e):
                     raise CancelledError() from None  # our caller gave up: not an outage
                 raise self._unavailable(
-                    endpoint, f"cannot reach {url}: {_reason(e)} (check auth.backend_server)"
+                    endpoint, f"cannot reach {url}: {reason(e)} (check auth.backend_server)"
                 ) from None
         finally:
             self._slots.release()
