@@ -437,6 +437,12 @@ do_start() {
       continue
     fi
     svc_"${name}"_installed || { log "$name: not installed (tests/services.sh install $name)"; return 1; }
+    # Not up: whatever a run that was killed (not stopped) left behind is stale test data
+    # (slapadd, for one, refuses to load its base entry twice).  Start from nothing.
+    if [[ -e $RUN/$name || -e $RUN/$name.pid ]]; then
+      log "$name: removing the state a previous run left behind"
+      rm -rf "${RUN:?}/$name" "$RUN/$name.pid" "$RUN/$name.log"
+    fi
     t0=$(now)
     svc_"${name}"_start
     log "$name: ready in $(since "$t0")s (pid $(pid_of "$name"))"
