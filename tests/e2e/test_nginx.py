@@ -244,5 +244,16 @@ class NginxTests(ServerCase):
         login = https_request(port, self.certs.ca, "GET", "/pypi/account")
         self.assertEqual(login.status, 303)
         self.assertTrue(login.headers["location"].startswith("/pypi/login?"), login.headers)
+        # The web interface's pages link under the prefix, and what they link to is there.
+        home = https_request(port, self.certs.ca, "GET", "/pypi/")
+        self.assertEqual(home.status, 200, home.text)
+        stylesheet = re.search(r'<link rel="stylesheet" href="([^"]+)"', home.text)
+        assert stylesheet is not None, home.text
+        self.assertTrue(stylesheet.group(1).startswith("/pypi/static/"), stylesheet.group(1))
+        self.assertEqual(https_request(port, self.certs.ca, "GET", stylesheet.group(1)).status, 200)
+        self.assertIn('href="/pypi/projects/"', home.text)
+        project = https_request(port, self.certs.ca, "GET", "/pypi/project/e2e-prefix/")
+        self.assertEqual(project.status, 200, project.text)
+        self.assertIn(f'href="/pypi/files/e2e-prefix/{wheel[0]}"', project.text)
         files = self.pip_download(f"{root}/simple/", "e2e-prefix==2.0")
         self.assertEqual(files, {wheel[0]: wheel[1]})

@@ -25,6 +25,7 @@ from twisted.web.iweb import IRequest
 from pypicloud_tx import errors
 from pypicloud_tx.web.context import WebContext
 from pypicloud_tx.web.errors import STATUS, reason_phrase
+from pypicloud_tx.web.proxy import prefix_of
 from pypicloud_tx.web.ui import csrf
 from pypicloud_tx.web.ui.session import Visitor, flash, take_flash, visitor
 
@@ -112,7 +113,6 @@ class Pages:
             auto_reload=False,
         )
         self.env.filters.update(filesize=filesize, utc_time=utc_time, utc_date=utc_date)
-        self.env.globals["static"] = self.static_url
 
     # -- who is asking --------------------------------------------------------------------
 
@@ -158,7 +158,12 @@ class Pages:
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
         base = self.ctx.base_url(request)
+        # Behind a proxy that serves the index under a path (X-Forwarded-Prefix: /pypi), every
+        # link of a page starts with it: templates write href="{{ root }}/projects/".
+        root = prefix_of(request)
         values = {
+            "root": root,
+            "static": lambda name: root + self.static_url(name),
             "me": visitor.identity,
             "visitor": visitor,
             "csrf_token": lambda: csrf.token_for(self.ctx, request, visitor),

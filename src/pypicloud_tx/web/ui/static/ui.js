@@ -3,8 +3,8 @@
   "use strict";
   // pypicloud's sign-up links read /login#/?token=...: carry the token on to /register.
   var match = /[#&?]token=([^&]+)/.exec(window.location.hash || "");
-  if (window.location.pathname === "/login" && match) {
-    window.location.replace("/register?token=" + match[1]);
+  if (/\/login$/.test(window.location.pathname) && match) {
+    window.location.replace("register?token=" + match[1]);
     return;
   }
   document.addEventListener("DOMContentLoaded", function () {
