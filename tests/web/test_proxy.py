@@ -22,6 +22,8 @@ from pypicloud_tx.web.proxy import (
     _prefix,
     behind_proxies,
     forwarded_client,
+    forwarded_for,
+    parse_forwarded,
     parse_ip,
 )
 from tests.web.harness import RouteTestCase
@@ -38,11 +40,7 @@ def hdrs(**values: str) -> dict[bytes, list[bytes]]:
     return {k.replace("_", "-").encode(): [v.encode()] for k, v in values.items()}
 
 
-class ProxyRouteTests(RouteTestCase):
-    def setUp(self) -> None:
-        self.make_index(TRUSTED)
-        self.upload(*self.wheel("demo", "1.0"))
-
+class ProxyCase(RouteTestCase):
     def urls(self, headers: dict[bytes, list[bytes]]) -> list[str]:
         """The download URLs of the PyPI JSON API's answer for ``demo``."""
         answer, data = self.request_json("/pypi/demo/json", headers)
@@ -54,6 +52,27 @@ class ProxyRouteTests(RouteTestCase):
             "GET", path, headers={**headers, b"Accept": [b"application/json"]}
         )
         return response, json.loads(body)
+
+    def fail_logins(self, headers: list[dict[bytes, list[bytes]]]) -> list[int]:
+        """Wrong passwords for users u0..u6 (nine each: under the per-user limit), through the
+        proxy with ``headers`` (cycled); the status codes."""
+        codes = []
+        for attempt in range(63):
+            response, _ = self.request(
+                "GET",
+                "/simple/",
+                user=f"u{attempt % 7}",
+                password="wrong",
+                headers=headers[attempt % len(headers)],
+            )
+            codes.append(response.code)
+        return codes
+
+
+class ProxyRouteTests(ProxyCase):
+    def setUp(self) -> None:
+        self.make_index(TRUSTED)
+        self.upload(*self.wheel("demo", "1.0"))
 
     def test_untrusted_peer_headers_ignored(self) -> None:
         """From a peer that is not a trusted proxy, X-Forwarded-* change nothing: the JSON
@@ -169,27 +188,12 @@ class ProxyRouteTests(RouteTestCase):
         self.assertEqual(plain_body, prefixed_body)
         self.assertIn(b'href="../../', plain_body)
 
-    def fail_logins(self, forwarded_for: list[str]) -> list[int]:
-        """Wrong passwords for users u0..u6 (nine each: under the per-user limit), through the
-        proxy as the clients ``forwarded_for`` (cycled); the status codes."""
-        codes = []
-        for attempt in range(63):
-            response, _ = self.request(
-                "GET",
-                "/simple/",
-                user=f"u{attempt % 7}",
-                password="wrong",
-                headers=hdrs(X_Forwarded_For=forwarded_for[attempt % len(forwarded_for)]),
-            )
-            codes.append(response.code)
-        return codes
-
     def test_client_address_for_throttling(self) -> None:
         """Login throttling counts the client X-Forwarded-For names, not the proxy: one
         client's failures do not lock out another behind the same proxy."""
         users = {f"user.u{i}": f"u{i}pw" for i in range(7)}
         self.make_index({**TRUSTED, **users, "user.dave": "davepw"})
-        codes = self.fail_logins(["203.0.113.7"])
+        codes = self.fail_logins([hdrs(X_Forwarded_For="203.0.113.7")])
         self.assertIn(429, codes, "the client's address was never throttled")
         response, _ = self.request(
             "GET", "/simple/", user="dave", headers=hdrs(X_Forwarded_For="203.0.113.7")
@@ -205,8 +209,132 @@ class ProxyRouteTests(RouteTestCase):
         it names, the failures count against the peer."""
         users = {f"user.u{i}": f"u{i}pw" for i in range(7)}
         self.make_index({"pypi.trusted_proxies": "10.0.0.0/8", **users})
-        codes = self.fail_logins([f"198.51.100.{i}" for i in range(63)])
+        codes = self.fail_logins([hdrs(X_Forwarded_For=f"198.51.100.{i}") for i in range(63)])
         self.assertIn(429, codes)
+
+
+class ForwardedHeaderRouteTests(ProxyCase):
+    """``pypi.proxy_headers = forwarded``: the facts come from RFC 7239's ``Forwarded``, and
+    ``X-Forwarded-For/Proto/Host/Port`` (which a proxy writing ``Forwarded`` may pass through
+    from the client) count for nothing."""
+
+    def setUp(self) -> None:
+        self.make_index({**TRUSTED, "pypi.proxy_headers": "forwarded"})
+        self.upload(*self.wheel("demo", "1.0"))
+
+    def test_scheme_and_host(self) -> None:
+        """``proto`` and ``host`` of the rightmost element (the trusted proxy's) make the
+        public URL, a port in ``host`` included (quoted, as RFC 7239 wants, or bare, as
+        hand-written proxy configurations send it); X-Forwarded-* are ignored."""
+        cases = [
+            ('for=198.51.100.1;proto=https;host="pypi.example.com"', "https://pypi.example.com/"),
+            ("proto=https;host=pypi.test:8443", "https://pypi.test:8443/"),
+            ('proto=https;host="pypi.test:9443"', "https://pypi.test:9443/"),
+            ('host="[2001:db8::1]:81";proto=http', "http://[2001:db8::1]:81/"),
+            ("proto=https, for=10.0.0.1;proto=http;host=inner.test", "http://inner.test/"),
+        ]
+        for value, start in cases:
+            headers = {b"Forwarded": [value.encode()], **PUBLIC}
+            for url in self.urls(headers):
+                self.assertTrue(url.startswith(start), (value, url))
+
+    def test_x_forwarded_ignored(self) -> None:
+        """Without ``Forwarded`` the Host the proxy passed on counts, whatever X-Forwarded-*
+        say."""
+        for url in self.urls(PUBLIC):
+            self.assertTrue(url.startswith("http://index.test/"), url)
+
+    def test_garbage_ignored(self) -> None:
+        """An element that does not parse tells nothing: the request stays as it came."""
+        for value in ("proto=https;host=a b", "proto=gopher;host=x.test/evil", "=;;"):
+            for url in self.urls({b"Forwarded": [value.encode()]}):
+                self.assertTrue(url.startswith("http://index.test/"), (value, url))
+
+    def test_prefix_still_from_x_forwarded_prefix(self) -> None:
+        """RFC 7239 has no prefix: X-Forwarded-Prefix still names it."""
+        headers = {b"Forwarded": [b"proto=https;host=pypi.example.com"]}
+        headers.update(hdrs(X_Forwarded_Prefix="/pypi"))
+        for url in self.urls(headers):
+            self.assertTrue(url.startswith("https://pypi.example.com/pypi/"), url)
+
+    def test_client_address_for_throttling(self) -> None:
+        """Login throttling counts the client named by ``for``; X-Forwarded-For is not
+        believed."""
+        users = {f"user.u{i}": f"u{i}pw" for i in range(7)}
+        self.make_index(
+            {**TRUSTED, "pypi.proxy_headers": "forwarded", **users, "user.dave": "davepw"}
+        )
+        codes = self.fail_logins([{b"Forwarded": [b'for="203.0.113.7:5555"']}])
+        self.assertIn(429, codes, "the client's address was never throttled")
+        blocked, _ = self.request(
+            "GET", "/simple/", user="dave", headers={b"Forwarded": [b"for=203.0.113.7"]}
+        )
+        self.assertEqual(blocked.code, 429)
+        # The same client cannot dodge that with X-Forwarded-For...
+        dodged, _ = self.request(
+            "GET",
+            "/simple/",
+            user="dave",
+            headers={
+                b"Forwarded": [b"for=203.0.113.7"],
+                **hdrs(X_Forwarded_For="198.51.100.9"),
+            },
+        )
+        self.assertEqual(dodged.code, 429)
+        # ...while another client behind the same proxy is not locked out.
+        other, _ = self.request(
+            "GET", "/simple/", user="dave", headers={b"Forwarded": [b"for=198.51.100.9"]}
+        )
+        self.assertEqual(other.code, 200)
+
+
+class ForwardedHeaderTests(SynchronousTestCase):
+    proxies = TrustedProxies.from_words(["10.0.0.0/8"], "forwarded")
+
+    def test_parse(self) -> None:
+        """Elements split on commas (also across lines), pairs on semicolons, names
+        case-insensitive, quoted strings unquoted (RFC 7239 section 4 and its examples)."""
+        self.assertEqual(
+            parse_forwarded(
+                [
+                    b'for="_gazonk"',
+                    b'For="[2001:db8:cafe::17]:4711"',
+                    b"for=192.0.2.60;proto=http;by=203.0.113.43",
+                    b'for=192.0.2.43, for=198.51.100.17;host="a\\"b"',
+                ]
+            ),
+            [
+                {"for": "_gazonk"},
+                {"for": "[2001:db8:cafe::17]:4711"},
+                {"for": "192.0.2.60", "proto": "http", "by": "203.0.113.43"},
+                {"for": "192.0.2.43"},
+                {"for": "198.51.100.17", "host": 'a"b'},
+            ],
+        )
+
+    def test_broken_elements_count_as_unknown_hops(self) -> None:
+        """An element that does not parse (or names a parameter twice) is an empty hop; the
+        elements around it are still read."""
+        self.assertEqual(
+            parse_forwarded([b"for=1.1.1.1, garbage, proto=https;proto=http, for=2.2.2.2;x"]),
+            [{"for": "1.1.1.1"}, {}, {}, {}],
+        )
+        self.assertEqual(parse_forwarded([b"for=1.1.1.1;;proto=http"]), [{}])
+
+    def test_client(self) -> None:
+        """The rightmost ``for`` that is not a trusted proxy; ``unknown``, obfuscated names
+        and broken elements stop the walk, as garbage does in X-Forwarded-For."""
+
+        def client(*values: str) -> str | None:
+            found = forwarded_for(parse_forwarded([v.encode() for v in values]), self.proxies)
+            return None if found is None else str(found)
+
+        self.assertEqual(client('for=1.1.1.1, for="2.2.2.2:80", for=10.0.0.5'), "2.2.2.2")
+        self.assertEqual(client('for="[2001:db8::7]:4711"'), "2001:db8::7")
+        self.assertEqual(client("for=2001:db8::8"), "2001:db8::8")
+        self.assertEqual(client("for=1.1.1.1, for=unknown, for=10.0.0.5"), "10.0.0.5")
+        self.assertIsNone(client("for=1.1.1.1, for=_hidden"))
+        self.assertIsNone(client("for=1.1.1.1, by=10.0.0.1"))
 
 
 class ForwardedForTests(SynchronousTestCase):
@@ -301,6 +429,17 @@ class OptionTests(SynchronousTestCase):
         )
         self.assertIn("pypi.trusted_proxies", error.message)
         self.assertIn("proxy.example", error.message)
+
+    def test_proxy_headers(self) -> None:
+        """pypi.proxy_headers: x-forwarded by default, or forwarded; anything else is an error
+        that names both."""
+        self.assertEqual(self.settings().proxy_headers, "x-forwarded")
+        self.assertEqual(
+            self.settings(**{"pypi.proxy_headers": " Forwarded "}).proxy_headers, "forwarded"
+        )
+        error = self.assertRaises(ConfigError, self.settings, **{"pypi.proxy_headers": "both"})
+        self.assertIn("pypi.proxy_headers", error.message)
+        self.assertIn("x-forwarded", error.message)
 
     def test_shutdown_grace(self) -> None:
         """pypi.shutdown_grace: seconds, 20 by default, 0 allowed, negative refused."""

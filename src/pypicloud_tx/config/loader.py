@@ -160,6 +160,16 @@ def _trusted_proxies(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+def _proxy_headers(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("x-forwarded", "forwarded"):
+        raise ValueError(
+            f"{text.strip()!r} is not x-forwarded (X-Forwarded-* headers) or forwarded "
+            "(the Forwarded header of RFC 7239)"
+        )
+    return value
+
+
 #: pypi.* options: option -> (Settings field, parser)
 CORE: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "pypi.default_read": ("default_read", as_list),
@@ -198,6 +208,7 @@ CORE: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "session.url": ("session_url", _secret),
     # Deployment (docs/deployment.md): proxies whose X-Forwarded-* headers count, and shutdown.
     "pypi.trusted_proxies": ("trusted_proxies", _trusted_proxies),
+    "pypi.proxy_headers": ("proxy_headers", _proxy_headers),
     "pypi.shutdown_grace": ("shutdown_grace", _non_negative_seconds),
     # Observability (docs/observability.md); metrics_allow takes trusted_proxies' words.
     "pypi.metrics": ("metrics", as_bool),

@@ -98,6 +98,9 @@ class Settings:
     #: ``pypi.trusted_proxies``: the reverse proxies (networks, or ``unix`` for peers on a Unix
     #: socket) whose ``X-Forwarded-*`` headers are believed (``web/proxy.py``); none by default.
     trusted_proxies: tuple[str, ...] = ()
+    #: ``pypi.proxy_headers``: ``x-forwarded`` (``X-Forwarded-*``) or ``forwarded`` (RFC 7239):
+    #: the headers a trusted proxy's facts are read from.
+    proxy_headers: str = "x-forwarded"
     #: ``pypi.shutdown_grace``: seconds requests in progress get to finish after SIGTERM.
     shutdown_grace: float = 20.0
     #: ``pypi.metrics``: serve Prometheus metrics at ``/metrics`` (``docs/observability.md``).

@@ -18,6 +18,12 @@ throttling and the access log are the public ones:
 ``X-Forwarded-For``
     the client: the rightmost address that is not a trusted proxy.
 
+With ``pypi.proxy_headers = forwarded`` the standard ``Forwarded`` header (RFC 7239) is read
+instead of ``X-Forwarded-For/Proto/Host/Port`` (which are then ignored): ``proto``, ``host`` and
+the rightmost ``for`` that is not a trusted proxy.  It has no prefix parameter, so
+``X-Forwarded-Prefix`` still names the prefix.  Only one family is read, never both: a proxy that
+sets one family usually passes the other through from the client untouched.
+
 Where a proxy appended to a header that already had values, the last (rightmost) value is the
 one the trusted proxy wrote.  A value that does not parse is ignored, as if it were absent.
 """
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -54,10 +60,14 @@ class TrustedProxies:
 
     networks: tuple[IPNetwork, ...] = ()
     unix: bool = False
+    #: which headers they write: ``x-forwarded`` (``X-Forwarded-*``) or ``forwarded``
+    #: (RFC 7239): ``pypi.proxy_headers``.
+    headers: str = "x-forwarded"
 
     @classmethod
-    def from_words(cls, words: Iterable[str]) -> TrustedProxies:
-        """From ``pypi.trusted_proxies``' words (already checked by the loader).
+    def from_words(cls, words: Iterable[str], headers: str = "x-forwarded") -> TrustedProxies:
+        """From ``pypi.trusted_proxies``' words (already checked by the loader) and
+        ``pypi.proxy_headers``.
 
         :raises ValueError: for a word that is neither a network nor ``unix``.
         """
@@ -68,7 +78,7 @@ class TrustedProxies:
                 unix = True
             else:
                 networks.append(ipaddress.ip_network(word, strict=False))
-        return cls(tuple(networks), unix)
+        return cls(tuple(networks), unix, headers)
 
     def __bool__(self) -> bool:
         return bool(self.networks) or self.unix
@@ -112,7 +122,11 @@ def forwarded_client(values: Sequence[bytes], proxies: TrustedProxies) -> IPAddr
     """The client of ``X-Forwarded-For`` ``values``: the rightmost hop that is not a trusted
     proxy (every hop being trusted: the leftmost).  ``None`` when the last hop is not an
     address.  Hops left of one that does not parse are not believed."""
-    hops = [hop for value in values for hop in value.split(b",")]
+    return _client([hop for value in values for hop in value.split(b",")], proxies)
+
+
+def _client(hops: Sequence[bytes], proxies: TrustedProxies) -> IPAddress | None:
+    """The rightmost of ``hops`` that is not a trusted proxy (see :func:`forwarded_client`)."""
     client = None
     for hop in reversed(hops):
         ip = parse_ip(hop)
@@ -122,6 +136,59 @@ def forwarded_client(values: Sequence[bytes], proxies: TrustedProxies) -> IPAddr
         if not proxies.trusts_ip(ip):
             break
     return client
+
+
+# RFC 7239 section 4: forwarded-pair = token "=" ( token / quoted-string ).  A value with a
+# ":" or "[" (a port, an IPv6 address) must be quoted, but proxies configured by hand often
+# write it bare ("for=$remote_addr" in nginx): any run of characters up to the next separator
+# is read as the value.  What the value is worth is checked where it is used.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PAIR = re.compile(rf'\s*({_TOKEN})\s*=\s*([^\s";,]+|"(?:[^"\\]|\\.)*")\s*')
+
+
+def parse_forwarded(values: Sequence[bytes]) -> list[dict[str, str]]:
+    """The elements of ``Forwarded`` header lines, left to right, each as ``{parameter: value}``
+    (parameter names lower-cased, quoted strings unquoted).  An element that does not parse is
+    an empty dict: it still counts as a hop, about which nothing is known."""
+    elements: list[dict[str, str]] = []
+    for line in values:
+        text = line.decode("latin-1")
+        position = 0
+        element: dict[str, str] = {}
+        broken = False
+        while position < len(text):
+            match = _PAIR.match(text, position)
+            if match is None:
+                broken = True
+                end = text.find(",", position)
+                position = len(text) if end < 0 else end
+            else:
+                name, value = match.group(1).lower(), match.group(2)
+                if value.startswith('"'):
+                    value = re.sub(r"\\(.)", r"\1", value[1:-1])
+                if name in element:
+                    broken = True  # a parameter twice in one element (section 4): distrust it
+                element[name] = value
+                position = match.end()
+            if position >= len(text) or text[position] == ",":
+                elements.append({} if broken else element)
+                element, broken = {}, False
+                position += 1
+            elif text[position] == ";":
+                position += 1
+            else:
+                broken = True
+                end = text.find(",", position)
+                position = len(text) if end < 0 else end
+    return elements
+
+
+def forwarded_for(
+    elements: Sequence[Mapping[str, str]], proxies: TrustedProxies
+) -> IPAddress | None:
+    """The client of parsed ``Forwarded`` elements: as :func:`forwarded_client`, over their
+    ``for`` parameters (``unknown`` and obfuscated ``_names`` are not addresses)."""
+    return _client([element.get("for", "").encode("latin-1") for element in elements], proxies)
 
 
 def _last(request: IRequest, name: bytes) -> str | None:
@@ -189,15 +256,23 @@ def apply_forwarded(request: Any, proxies: TrustedProxies) -> None:
     """
     if not proxies.trusts(request.getClientAddress()):
         return
-    forwarded_for = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
-    if forwarded_for:
-        client = forwarded_client(forwarded_for, proxies)
-        if client is not None:
-            kind = IPv4Address if client.version == 4 else IPv6Address
-            request.client = kind("TCP", str(client), 0)
-    proto = (_last(request, b"x-forwarded-proto") or "").lower()
-    host_text = _last(request, b"x-forwarded-host")
-    port_text = _last(request, b"x-forwarded-port")
+    client: IPAddress | None = None
+    if proxies.headers == "forwarded":
+        elements = parse_forwarded(request.requestHeaders.getRawHeaders(b"forwarded") or [])
+        client = forwarded_for(elements, proxies) if elements else None
+        # The rightmost element is the one the trusted proxy wrote.
+        newest = elements[-1] if elements else {}
+        proto = newest.get("proto", "").lower()
+        host_text, port_text = newest.get("host"), None
+    else:
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
+        client = forwarded_client(forwarded, proxies) if forwarded else None
+        proto = (_last(request, b"x-forwarded-proto") or "").lower()
+        host_text = _last(request, b"x-forwarded-host")
+        port_text = _last(request, b"x-forwarded-port")
+    if client is not None:
+        kind = IPv4Address if client.version == 4 else IPv6Address
+        request.client = kind("TCP", str(client), 0)
     host_match = _HOST.match(host_text) if host_text else None
     if proto in ("http", "https") or host_match or port_text:
         secure = proto == "https" if proto in ("http", "https") else bool(request.isSecure())
@@ -238,7 +313,9 @@ class BehindProxies(Resource):
         return self._resource.render(request)
 
 
-def behind_proxies(resource: IResource, trusted: Iterable[str]) -> IResource:
+def behind_proxies(
+    resource: IResource, trusted: Iterable[str], headers: str = "x-forwarded"
+) -> IResource:
     """``resource`` itself when no proxy is trusted, else wrapped in :class:`BehindProxies`."""
-    proxies = TrustedProxies.from_words(trusted)
+    proxies = TrustedProxies.from_words(trusted, headers)
     return BehindProxies(resource, proxies) if proxies else resource

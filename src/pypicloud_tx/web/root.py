@@ -77,7 +77,9 @@ def build_app(ctx: WebContext) -> Klein:
 
 
 def build_resource(ctx: WebContext) -> IResource:
-    return behind_proxies(build_app(ctx).resource(), ctx.settings.trusted_proxies)
+    return behind_proxies(
+        build_app(ctx).resource(), ctx.settings.trusted_proxies, ctx.settings.proxy_headers
+    )
 
 
 class BoundedRequest(ObservedRequest):
