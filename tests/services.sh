@@ -233,8 +233,28 @@ svc_moto_pip() { echo "moto[s3,dynamodb]==5.1.* flask flask-cors"; }
 
 svc_moto_installed() { [[ -x $TOOLS_VENV/bin/moto_server ]]; }
 
+# moto_server runs requests on concurrent threads, and moto's backends take no locks: two
+# TransactWriteItems racing on one item can both apply their ADD to the same old value (lost
+# updates that DynamoDB itself never produces).  This launcher is moto_server with one lock
+# around each request, so each call is atomic, as on AWS.
+MOTO_LAUNCHER='
+import os, sys, threading
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import run_simple
+
+os.environ["MOTO_PORT"] = sys.argv[1]
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+
+def one_at_a_time(environ, start_response):
+    with lock:
+        return list(app(environ, start_response))
+
+run_simple("127.0.0.1", int(sys.argv[1]), one_at_a_time, threaded=True)
+'
+
 svc_moto_start() {
-  nohup "$TOOLS_VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$RUN/moto.log" 2>&1 &
+  nohup "$TOOLS_VENV/bin/python" -c "$MOTO_LAUNCHER" "$MOTO_PORT" >"$RUN/moto.log" 2>&1 &
   echo $! >"$RUN/moto.pid"
   wait_ready moto "$TOOLS_VENV/bin/python" -c "import urllib.request as u; \
 u.urlopen('http://127.0.0.1:$MOTO_PORT/moto-api/', timeout=2)"

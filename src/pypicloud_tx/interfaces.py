@@ -8,7 +8,7 @@ Every method returns a :class:`~twisted.internet.defer.Deferred`.  Methods are d
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING
 
 from zope.interface import Interface
@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from pypicloud_tx.domain.tokens import ApiToken
     from pypicloud_tx.domain.upstream_pages import PageFetch, UpstreamFile
 
+#: A report of long work (listing storage, rebuilding a cache): called with ``(done, total)``
+#: as it proceeds.  It may be called on a worker thread, so it only records the numbers (the
+#: command line draws them on the reactor).
+Progress = Callable[[int, int], None]
+
 #: A permission on a package.
 READ = "read"
 WRITE = "write"
@@ -28,11 +33,12 @@ WRITE = "write"
 class IStorage(Interface):
     """Where the distribution files (and their metadata records) live.  The source of truth."""
 
-    def list() -> Deferred[list[PackageFile]]:
+    def list(progress: Progress | None = None) -> Deferred[list[PackageFile]]:
         """Every stored file with its recorded metadata (for cache rebuilds).
 
         A file whose record is missing (a crash between writing the file and its record) is
-        still listed, with metadata read back from the archive itself.
+        still listed, with metadata read back from the archive itself.  ``progress`` hears
+        how many of the files found have been read so far.
         """
 
     def put(
@@ -105,11 +111,14 @@ class ICache(Interface):
         read in memory until the token changes (see ``backends/cache/memo.py``).
         """
 
-    def reload_from_storage(files: Sequence[PackageFile], graceful: bool) -> Deferred[None]:
+    def reload_from_storage(
+        files: Sequence[PackageFile], graceful: bool, progress: Progress | None = None
+    ) -> Deferred[None]:
         """Make the cache hold exactly ``files`` (the output of ``IStorage.list``).
 
         With ``graceful`` the cache stays readable throughout: new files are added, changed
-        ones replaced and vanished ones removed, never emptied first.
+        ones replaced and vanished ones removed, never emptied first.  ``progress`` hears how
+        many of the files to write (or remove) are done, after each batch.
         """
 
     def acquire_lock(name: str, seconds: float) -> Deferred[str | None]:

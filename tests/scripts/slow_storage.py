@@ -9,12 +9,15 @@ from twisted.internet.task import deferLater
 
 from pypicloud_tx.backends.storage.memory import MemoryStorage
 from pypicloud_tx.domain.models import PackageFile
+from pypicloud_tx.interfaces import Progress
 
 DELAY = 0.5
+STEPS = 4
 
 
 class SlowStorage(MemoryStorage):
-    """Lists nothing, after :data:`DELAY` seconds on the reactor's clock."""
+    """Lists nothing, after :data:`DELAY` seconds on the reactor's clock, telling ``progress``
+    it read 1, 2, ... :data:`STEPS` of :data:`STEPS` files on the way."""
 
     reactor: Any = None
 
@@ -24,5 +27,12 @@ class SlowStorage(MemoryStorage):
         storage.reactor = runtime.reactor
         return storage
 
-    def list(self) -> Deferred[list[PackageFile]]:
-        return deferLater(self.reactor, DELAY, list)
+    def list(self, progress: Progress | None = None) -> Deferred[list[PackageFile]]:
+        async def slowly() -> list[PackageFile]:
+            for step in range(1, STEPS + 1):
+                await deferLater(self.reactor, DELAY / STEPS, lambda: None)
+                if progress is not None:
+                    progress(step, STEPS)
+            return []
+
+        return Deferred.fromCoroutine(slowly())

@@ -149,7 +149,8 @@ class RebuildTests(SynchronousTestCase):
         result = run("rebuild", path)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout, "")
-        self.assertIn("found 3 files in storage", result.stderr)
+        self.assertIn("reading storage: 3 files in ", result.stderr)
+        self.assertIn("writing the cache: 3 files in ", result.stderr)
         self.assertIn("cache rebuilt: 3 files", result.stderr)
 
         settings = load_settings(path, {})
@@ -161,7 +162,8 @@ class RebuildTests(SynchronousTestCase):
         self.assertEqual(sorted(f.version for f in files), ["1.0", "1.1"])
 
     def test_progress_while_slow(self) -> None:
-        """A slow rebuild says it is still working every --progress-every seconds."""
+        """A slow rebuild says how far it got every --progress-every seconds (stderr is not a
+        terminal here: plain lines, no bar)."""
         path = self.write_config("""\
             [pypicloud]
             pypi.storage = tests.scripts.slow_storage.SlowStorage
@@ -169,8 +171,12 @@ class RebuildTests(SynchronousTestCase):
             """)
         result = run("rebuild", "--progress-every", "0.1", path)
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertIn("... still reading storage", result.stderr)
+        lines = result.stderr.splitlines()
+        steps = [line for line in lines if line.startswith("... reading storage: ")]
+        self.assertTrue(steps, result.stderr)
+        self.assertRegex(steps[-1], r"^\.\.\. reading storage: [1-4]/4 files \(\d+%\), [\d.]+s$")
         self.assertIn("cache rebuilt: 0 files", result.stderr)
+        self.assertNotIn("\r", result.stderr)
 
     def test_bad_config(self) -> None:
         """A bad config: exit 2, one line on stderr naming the option, no traceback."""

@@ -42,33 +42,21 @@ def _gen_password(args: argparse.Namespace) -> int:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    from twisted.internet.task import LoopingCall
-
     from pypicloud_tx.config.loader import load_settings
+    from pypicloud_tx.scripts.progress import StageProgress
 
     settings = load_settings(args.config)
 
     async def work(backends: Any, index: Any, reactor: Any) -> int:
         started = reactor.seconds()
-        step = ["reading storage"]
-
-        def still_working() -> None:
-            elapsed = reactor.seconds() - started
-            if elapsed >= args.progress_every:
-                progress(f"... still {step[0]} ({elapsed:.1f}s)")
-
-        def report(message: str) -> None:
-            progress(message)
-            step[0] = "writing the cache"
-
-        ticker = LoopingCall(still_working)
-        ticker.clock = reactor
-        ticker.start(args.progress_every, now=False)
+        progress(
+            f"rebuilding the cache ({settings.cache.name}) from storage ({settings.storage.name})"
+        )
+        report = StageProgress(reactor, args.progress_every, "files")
         try:
-            progress(f"reading storage ({settings.storage.name})")
             count = await index.rebuild(report)
         finally:
-            ticker.stop()
+            report.finish()
         progress(f"cache rebuilt: {count} files in {reactor.seconds() - started:.1f}s")
         return 0
 

@@ -21,14 +21,13 @@ from typing import IO, Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import LoopingCall
 
 from pypicloud_tx.domain.models import PackageFile
 from pypicloud_tx.errors import Conflict, NotFound, PPCError
-from pypicloud_tx.scripts.runner import progress, with_backends
+from pypicloud_tx.scripts.progress import ProgressLine, StageProgress, progress
+from pypicloud_tx.scripts.runner import with_backends
 
 #: How often the bar is redrawn on a terminal (seconds).
-BAR_EVERY = 0.2
 DEFAULT_JOBS = 4
 MAX_JOBS = 64
 
@@ -286,42 +285,26 @@ class HashingReader(io.RawIOBase):
 
 
 class Meter:
-    """Progress of a migration on stderr.
-
-    On a terminal a one-line bar (files done/total, bytes, rate) is redrawn in place;
-    otherwise a plain line is printed every ``every`` seconds (with :func:`progress`, like the
-    other commands).  Messages go through :meth:`say`, which keeps them off the bar's line.
-    """
+    """Progress of a migration on stderr (a :class:`ProgressLine`): files done/total, bytes
+    and rate.  Messages go through :meth:`say`, which keeps them off the bar's line."""
 
     def __init__(self, clock: Any, every: float, tty: bool | None = None) -> None:
         self._clock = clock
-        self._tty = sys.stderr.isatty() if tty is None else tty
-        self._every = BAR_EVERY if self._tty else every
-        self._ticker: LoopingCall | None = None
+        self._line = ProgressLine(clock, every, self._bar_status, tty)
         self._readers: set[HashingReader] = set()
         self._started = 0.0
         self._total_files = 0
         self._total_bytes = 0
         self._files_done = 0
         self._bytes_done = 0
-        self._bar_shown = False
 
     def begin(self, files: int, size: int) -> None:
         self._started = self._clock.seconds()
         self._total_files, self._total_bytes = files, size
-        ticker = self._ticker = LoopingCall(self._tick)
-        ticker.clock = self._clock
-        ticker.start(self._every, now=False)
-        self._draw()
+        self._line.start()
 
     def end(self) -> None:
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
-        self._draw()
-        if self._bar_shown:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-            self._bar_shown = False
+        self._line.stop()
 
     def reading(self, reader: HashingReader) -> None:
         self._readers.add(reader)
@@ -336,16 +319,7 @@ class Meter:
 
     def say(self, line: str, stdout: bool = False) -> None:
         """Print a line (on stdout or stderr) without mangling the bar."""
-        if self._bar_shown:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-            self._bar_shown = False
-        if stdout:
-            print(line, flush=True)
-        else:
-            progress(line)
-        if self._ticker is not None and self._ticker.running:
-            self._draw()
+        self._line.say(line, stdout)
 
     def status(self) -> str:
         """``12/40 files, 3.1 MB of 10.0 MB, 1.2 MB/s``."""
@@ -357,26 +331,8 @@ class Meter:
             f"{human_size(self._total_bytes)}, {rate}"
         )
 
-    def _tick(self) -> None:
-        if self._tty:
-            self._draw()
-        else:
-            elapsed = self._clock.seconds() - self._started
-            progress(f"... {self.status()}, {elapsed:.1f}s")
-
-    def _draw(self) -> None:
-        if not self._tty:
-            return
-        try:
-            width = os.get_terminal_size(sys.stderr.fileno()).columns or 80
-        except (OSError, ValueError, AttributeError):
-            width = 80
-        total = self._total_files or 1
-        filled = min(20, 20 * self._files_done // total)
-        line = f"[{'#' * filled}{'.' * (20 - filled)}] {self.status()}"
-        sys.stderr.write("\r" + line[: max(width - 1, 10)] + "\x1b[K")
-        sys.stderr.flush()
-        self._bar_shown = True
+    def _bar_status(self) -> tuple[float, str]:
+        return self._files_done / (self._total_files or 1), self.status()
 
 
 # -- the migration ---------------------------------------------------------------------------
@@ -612,7 +568,11 @@ def _migrate(args: argparse.Namespace) -> int:
         progress(tally.summary(args.dry_run))
         if rebuild:
             progress(f"rebuilding the cache of {args.config_to} ({new.cache.name})")
-            count = await index.rebuild(progress)
+            report = StageProgress(reactor, args.progress_every, "files")
+            try:
+                count = await index.rebuild(report)
+            finally:
+                report.finish()
             progress(f"cache rebuilt: {count} files")
         elif args.dry_run:
             progress(

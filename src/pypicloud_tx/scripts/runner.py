@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from pypicloud_tx.errors import PPCError
+from pypicloud_tx.scripts.progress import progress
 
 
 def with_backends(settings: Any, work: Any) -> int:
@@ -52,5 +53,4 @@ def with_backends(settings: Any, work: Any) -> int:
     return status[0] if status else 1
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+__all__ = ["progress", "with_backends"]

@@ -6,7 +6,7 @@ import datetime as dt
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import attrs
 from twisted.logger import Logger
@@ -78,6 +78,20 @@ class IndexOptions:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class RebuildReport(Protocol):
+    """Who follows a cache rebuild (``scripts/progress.py``'s ``StageProgress``)."""
+
+    def stage(self, name: str) -> None:
+        """A stage begins: ``reading storage``, then ``writing the cache``."""
+
+    def update(self, done: int, total: int) -> None:
+        """How far the stage got (a :data:`~pypicloud_tx.interfaces.Progress`: maybe called
+        on a worker thread)."""
+
+    def finish(self) -> None:
+        """The rebuild is done."""
 
 
 class PackageIndex:
@@ -369,12 +383,20 @@ class PackageIndex:
 
     # -- maintenance ---------------------------------------------------------------------
 
-    async def rebuild(self, progress: Callable[[str], None] | None = None) -> int:
-        """Make the cache hold exactly what storage holds; returns the number of files."""
-        files = await self.storage.list()
-        if progress:
-            progress(f"found {len(files)} files in storage")
-        await self.cache.reload_from_storage(files, self._options.graceful_reload)
+    async def rebuild(self, report: RebuildReport | None = None) -> int:
+        """Make the cache hold exactly what storage holds; returns the number of files.
+
+        ``report`` hears each stage begin and how far it got (for the command line)."""
+        if report is not None:
+            report.stage("reading storage")
+        files = await self.storage.list(report.update if report else None)
+        if report is not None:
+            report.stage("writing the cache")
+        await self.cache.reload_from_storage(
+            files, self._options.graceful_reload, report.update if report else None
+        )
+        if report is not None:
+            report.finish()
         return len(files)
 
     async def reload_if_needed(

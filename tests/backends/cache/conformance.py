@@ -111,6 +111,11 @@ async def _settle(result: Awaitable[T] | T) -> T:
     return result  # type: ignore[return-value]
 
 
+def _recorder(seen: list[tuple[int, int]]) -> Callable[[int, int], None]:
+    """A progress report that appends each ``(done, total)`` to ``seen``."""
+    return lambda done, total: seen.append((done, total))
+
+
 class ICacheConformance:
     """The shared ICache suite.  See the module docstring for how to use it."""
 
@@ -424,6 +429,26 @@ class ICacheConformance:
     async def test_reload_graceful(self) -> None:
         """A graceful reload ends with exactly the listed files too."""
         await self._check_reload(graceful=True)
+
+    @_case
+    async def test_reload_progress(self) -> None:
+        """A reload with a progress report tells it how far it got, never backwards, ending
+        with everything done; in both modes, and with nothing to do too."""
+        for graceful in (False, True):
+            before, after = self._reload_sets()
+            cache = await self.cache(*before)
+            seen: list[tuple[int, int]] = []
+            await cache.reload_from_storage(after, graceful, _recorder(seen))
+            self.assertTrue(seen, graceful)
+            self.assertEqual(seen[-1][0], seen[-1][1], (graceful, seen))
+            self.assertGreater(seen[-1][1], 0, (graceful, seen))
+            self.assertLessEqual(seen[-1][1], len(after) + len(before), (graceful, seen))
+            self.assertEqual([d for d, _ in seen], sorted(d for d, _ in seen), seen)
+            self.assertEqual(await cache.distinct(), ["change", "keep", "new", "zaphod-beeblebrox"])
+        cache = await self.cache()
+        seen = []
+        await cache.reload_from_storage([], False, _recorder(seen))
+        self.assertTrue(all(done == total == 0 for done, total in seen), seen)
 
     @_case
     async def test_reload_empty(self) -> None:

@@ -234,6 +234,18 @@ class IStorageConformance:
         """An empty storage lists nothing."""
         self.assertEqual(self.result(self.make_storage().list()), [])
 
+    def test_list_progress(self) -> None:
+        """list() with a progress report tells it how many of the files it found it has read,
+        never backwards, ending with all of them."""
+        storage = self.make_storage()
+        for i in range(5):
+            self.put(storage, f"wheel {i}".encode(), filename=f"demo_pkg-1.{i}-py3-none-any.whl")
+        seen: list[tuple[int, int]] = []
+        files = self.result(storage.list(lambda *step: seen.append(step)))
+        self.assertEqual(len(files), 5)
+        self.assertEqual(seen[-1], (5, 5))
+        self.assertEqual([d for d, _ in seen], sorted(d for d, _ in seen), seen)
+
     def test_list_full_records(self) -> None:
         """list() returns every stored file with every field of its record intact, including a
         non-ASCII summary, a yank reason and the free-form metadata dict."""

@@ -9,14 +9,16 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from pypicloud_tx.domain.models import PackageFile, ProjectSummary
 from pypicloud_tx.domain.names import is_prerelease, sort_key
 
 __all__ = [
     "SummaryRow",
+    "Tally",
+    "batches",
     "latest_per_filename",
     "matches",
     "plan_reload",
@@ -30,6 +32,28 @@ SEARCH_FIELDS = ("name", "summary")
 QUERY_TYPES = ("or", "and")
 
 _SEPARATORS = re.compile(r"[-_.]+")
+T = TypeVar("T")
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` in slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Tally:
+    """Work done out of ``total``, told to a progress report
+    (:data:`~pypicloud_tx.interfaces.Progress`, or ``None`` for nobody)."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.done = 0
+
+    def add(self, count: int) -> None:
+        self.done = min(self.total, self.done + count)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 class SummaryRow(NamedTuple):

@@ -61,6 +61,8 @@ from zope.interface import implementer
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.backends.cache._reload import (
     SummaryRow,
+    Tally,
+    batches,
     latest_per_filename,
     matches,
     plan_reload,
@@ -72,7 +74,7 @@ from pypicloud_tx.config.options import as_bool, as_int, as_list, as_str, option
 from pypicloud_tx.domain.models import PackageFile, ProjectSummary
 from pypicloud_tx.domain.names import canonical
 from pypicloud_tx.errors import BackendUnavailable, ConfigError, Conflict, PPCError
-from pypicloud_tx.interfaces import ICache
+from pypicloud_tx.interfaces import ICache, Progress
 from pypicloud_tx.runtime import Runtime
 
 log = Logger()
@@ -409,11 +411,6 @@ def decode_summary(item: Mapping[str, Any]) -> ProjectSummary | None:
     )
 
 
-def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _backoff(attempt: int) -> None:
     time.sleep(min(1.0, 0.025 * 2**attempt) * random.uniform(0.5, 1.5))
 
@@ -601,9 +598,12 @@ class DynamoCache:
         for page in self._pages(operation, **kwargs):
             yield from page
 
-    def _batch_write(self, table: str, requests: Sequence[dict[str, Any]]) -> None:
-        """Put or delete many items, 25 per call, retrying what DynamoDB leaves unprocessed."""
-        for chunk in _batches(requests, BATCH_WRITE):
+    def _batch_write(
+        self, table: str, requests: Sequence[dict[str, Any]], tally: Tally | None = None
+    ) -> None:
+        """Put or delete many items, 25 per call, retrying what DynamoDB leaves unprocessed;
+        each call's items are added to ``tally``."""
+        for chunk in batches(requests, BATCH_WRITE):
             pending: dict[str, Any] = {table: list(chunk)}
             for attempt in range(ATTEMPTS):
                 response = self._client.batch_write_item(RequestItems=pending)
@@ -616,13 +616,15 @@ class DynamoCache:
                     f"DynamoDB kept refusing writes to {table} (throttled); try again later "
                     "or raise the table's capacity"
                 )
+            if tally is not None:
+                tally.add(len(chunk))
 
     def _batch_get(
         self, table: str, keys: Sequence[dict[str, Any]], consistent: bool = True
     ) -> list[dict[str, Any]]:
         """The items of ``keys`` that exist, 100 per call, retrying unprocessed keys."""
         found: list[dict[str, Any]] = []
-        for chunk in _batches(keys, BATCH_GET):
+        for chunk in batches(keys, BATCH_GET):
             pending: dict[str, Any] = {table: {"Keys": list(chunk), "ConsistentRead": consistent}}
             for attempt in range(ATTEMPTS):
                 response = self._client.batch_get_item(RequestItems=pending)
@@ -1134,16 +1136,20 @@ class DynamoCache:
         self._batch_write(self.files_table, keys)
         self._drop_summaries_except(set())
 
-    def reload_from_storage(self, files: Sequence[PackageFile], graceful: bool) -> Deferred[None]:
-        return self._call(self._reload, files, graceful)
+    def reload_from_storage(
+        self, files: Sequence[PackageFile], graceful: bool, progress: Progress | None = None
+    ) -> Deferred[None]:
+        return self._call(self._reload, files, graceful, progress)
 
-    def _reload(self, files: Sequence[PackageFile], graceful: bool) -> None:
+    def _reload(
+        self, files: Sequence[PackageFile], graceful: bool, progress: Progress | None
+    ) -> None:
         wanted = latest_per_filename(files)
         rows = [_file_row(f) for f in wanted.values()]
         if not graceful:
             self._clear()
             puts = [{"PutRequest": {"Item": file_item(f)}} for f in wanted.values()]
-            self._batch_write(self.files_table, puts)
+            self._batch_write(self.files_table, puts, Tally(progress, len(puts)))
             self._write_summaries(rows)
             log.info("reloaded the cache: {count} files", count=len(wanted))
             self._bump()
@@ -1153,12 +1159,16 @@ class DynamoCache:
             for item in self._items("scan", TableName=self.files_table, ConsistentRead=True)
         }
         write, remove = plan_reload(current, wanted.values())
+        tally = Tally(progress, len(write) + len(remove))
         # Additions first, removals last: readers find every file that stays, throughout.
-        self._batch_write(self.files_table, [{"PutRequest": {"Item": file_item(f)}} for f in write])
+        self._batch_write(
+            self.files_table, [{"PutRequest": {"Item": file_item(f)}} for f in write], tally
+        )
         written = self._write_summaries(rows)
         self._batch_write(
             self.files_table,
             [{"DeleteRequest": {"Key": {"filename": _s(name)}}} for name in remove],
+            tally,
         )
         self._drop_summaries_except(written)
         changed = sum(1 for f in write if f.filename in current)

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from pypicloud_tx.domain.models import PackageFile, ProjectSummary
-from pypicloud_tx.interfaces import ICache
+from pypicloud_tx.interfaces import ICache, Progress
 
 _MISSING = object()
 
@@ -89,9 +89,11 @@ class MemoizedCache:
     def clear_all(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._write(self.inner.clear_all))
 
-    def reload_from_storage(self, files: Sequence[PackageFile], graceful: bool) -> Deferred[None]:
+    def reload_from_storage(
+        self, files: Sequence[PackageFile], graceful: bool, progress: Progress | None = None
+    ) -> Deferred[None]:
         return Deferred.fromCoroutine(
-            self._write(lambda: self.inner.reload_from_storage(files, graceful))
+            self._write(lambda: self.inner.reload_from_storage(files, graceful, progress))
         )
 
     def version_token(self) -> Deferred[object | None]:

@@ -22,7 +22,7 @@ from pypicloud_tx.backends.cache._reload import (
     summarize,
 )
 from pypicloud_tx.domain.models import PackageFile, ProjectSummary
-from pypicloud_tx.interfaces import ICache
+from pypicloud_tx.interfaces import ICache, Progress
 from pypicloud_tx.runtime import Runtime
 
 
@@ -85,9 +85,13 @@ class MemoryCache:
         self._files.clear()
         return succeed(None)
 
-    def reload_from_storage(self, files: Sequence[PackageFile], graceful: bool) -> Deferred[None]:
+    def reload_from_storage(
+        self, files: Sequence[PackageFile], graceful: bool, progress: Progress | None = None
+    ) -> Deferred[None]:
         # One assignment either way: readers on the reactor thread never see a partial state.
         self._files = latest_per_filename(files)
+        if progress is not None:
+            progress(len(self._files), len(self._files))
         return succeed(None)
 
     def acquire_lock(self, name: str, seconds: float) -> Deferred[str | None]:

@@ -46,7 +46,7 @@ import datetime as _dt
 import json
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -71,6 +71,8 @@ from zope.interface import implementer
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.backends.cache._reload import (
     SummaryRow,
+    Tally,
+    batches,
     latest_per_filename,
     matches,
     plan_reload,
@@ -81,7 +83,7 @@ from pypicloud_tx.backends.cache._reload import (
 from pypicloud_tx.config.options import option
 from pypicloud_tx.domain.models import PackageFile, ProjectSummary
 from pypicloud_tx.errors import BackendUnavailable, ConfigError
-from pypicloud_tx.interfaces import ICache
+from pypicloud_tx.interfaces import ICache, Progress
 from pypicloud_tx.runtime import Runtime
 
 log = Logger()
@@ -551,11 +553,6 @@ def _file(record: str) -> PackageFile:
     return PackageFile.from_record(json.loads(record))
 
 
-def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 async def _gather(ds: Sequence[Deferred[Any]]) -> list[Any]:
     """The results of Deferreds already under way, in order; the first failure is raised as
     itself (``gatherResults`` would wrap it in ``FirstError``)."""
@@ -970,36 +967,47 @@ class RedisCache:
             return
         log.debug("deleted {count} keys of generation {gen}", count=deleted, gen=gen)
 
-    def reload_from_storage(self, files: Sequence[PackageFile], graceful: bool) -> Deferred[None]:
+    def reload_from_storage(
+        self, files: Sequence[PackageFile], graceful: bool, progress: Progress | None = None
+    ) -> Deferred[None]:
         if graceful:
-            return Deferred.fromCoroutine(self._reload_gracefully(files))
-        return Deferred.fromCoroutine(self._reload(files))
+            return Deferred.fromCoroutine(self._reload_gracefully(files, progress))
+        return Deferred.fromCoroutine(self._reload(files, progress))
 
-    async def _reload(self, files: Sequence[PackageFile]) -> None:
+    async def _reload(self, files: Sequence[PackageFile], progress: Progress | None) -> None:
         """Write everything into a new generation, then switch to it in one step: readers see
         the old files until then."""
         gen = _new_generation()
         build = await self._run(_build, self._keys, gen, files)
-
-        for batch in _batches(build.commands, BATCH_SIZE):
+        # Told in files: the share of the generation's commands sent so far.
+        tally = Tally(progress, build.count)
+        sent = 0
+        for batch in batches(build.commands, BATCH_SIZE):
 
             async def write(pool: Any, batch: Sequence[tuple[Any, ...]] = batch) -> None:
                 await _gather([pool.execute_command(*c) for c in batch])
 
             await self._call(write)
+            sent += len(batch)
+            tally.add(build.count * sent // len(build.commands) - tally.done)
         old = await self._switch(gen, build.keys)
         await self._drop_generation(old)
         log.info("reloaded the cache: {count} files", count=build.count)
 
-    async def _reload_gracefully(self, files: Sequence[PackageFile]) -> None:
+    async def _reload_gracefully(
+        self, files: Sequence[PackageFile], progress: Progress | None
+    ) -> None:
         current = await self._current_records()
         write, remove = await self._run(plan_reload, current, files)
+        tally = Tally(progress, len(write) + len(remove))
         # Grouped by project: each transaction then touches few projects' summaries.
         write.sort(key=lambda f: (f.name, f.filename))
-        for upserts in _batches(write, self.batch_size):
+        for upserts in batches(write, self.batch_size):
             await self._change(upserts, [])
-        for removals in _batches(remove, self.batch_size):
+            tally.add(len(upserts))
+        for removals in batches(remove, self.batch_size):
             await self._change([], removals)
+            tally.add(len(removals))
         changed = sum(1 for f in write if f.filename in current)
         log.info(
             "reloaded the cache gracefully: {added} added, {changed} replaced, {removed} removed",
@@ -1013,7 +1021,7 @@ class RedisCache:
         for _ in range(MAX_ATTEMPTS):
             found = json.loads(await self._eval(_NAMES, self._prefix))
             current: dict[str, str] = {}
-            for batch in _batches(sorted(found["names"]), PROJECTS_PER_READ):
+            for batch in batches(sorted(found["names"]), PROJECTS_PER_READ):
                 text = await self._eval(_PROJECT_RECORDS, self._prefix, found.get("gen"), *batch)
                 if not isinstance(text, str):
                     break  # switched to another generation meanwhile: start again
@@ -1074,7 +1082,7 @@ class RedisCache:
 
     async def _records(self, gen: str, filenames: Sequence[str]) -> list[PackageFile]:
         result: list[PackageFile] = []
-        for batch in _batches(filenames, BATCH_SIZE):
+        for batch in batches(filenames, BATCH_SIZE):
             text = await self._eval(_RECORDS, self._prefix, gen, *batch)
             if not isinstance(text, str):
                 raise _GenerationChanged()

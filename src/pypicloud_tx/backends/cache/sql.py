@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -41,6 +41,8 @@ from pypicloud_tx.backends._sql import (
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.backends.cache._reload import (
     SummaryRow,
+    Tally,
+    batches,
     latest_per_filename,
     matches,
     plan_reload,
@@ -51,7 +53,7 @@ from pypicloud_tx.backends.cache._reload import (
 from pypicloud_tx.config.options import as_str, option
 from pypicloud_tx.domain.models import PackageFile, ProjectSummary
 from pypicloud_tx.errors import BackendUnavailable
-from pypicloud_tx.interfaces import ICache
+from pypicloud_tx.interfaces import ICache, Progress
 from pypicloud_tx.runtime import Runtime
 
 log = Logger()
@@ -91,11 +93,6 @@ locks_table = sa.Table(
     sa.Column("expires", sa.Double(), nullable=False),
 )
 _UPDATED = ("name", "version", "upload_time", "summary", "record")
-
-
-def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _naive_utc(when: _dt.datetime) -> _dt.datetime:
@@ -217,31 +214,42 @@ class SQLCache:
 
         return self._transaction(work)
 
-    def reload_from_storage(self, files: Sequence[PackageFile], graceful: bool) -> Deferred[None]:
+    def reload_from_storage(
+        self, files: Sequence[PackageFile], graceful: bool, progress: Progress | None = None
+    ) -> Deferred[None]:
         if graceful:
-            return self._run(self._blocking, lambda engine: self._reload_gracefully(engine, files))
+            return self._run(
+                self._blocking, lambda engine: self._reload_gracefully(engine, files, progress)
+            )
 
         def replace(conn: Connection) -> None:
             # One transaction: other connections keep seeing the old rows until it commits.
             conn.execute(files_table.delete())
             rows = [_row(f) for f in latest_per_filename(files).values()]
-            for batch in _batches(rows, self.batch_size):
+            tally = Tally(progress, len(rows))
+            for batch in batches(rows, self.batch_size):
                 conn.execute(files_table.insert(), list(batch))
+                tally.add(len(batch))
 
         return self._transaction(replace)
 
-    def _reload_gracefully(self, engine: Engine, files: Sequence[PackageFile]) -> None:
+    def _reload_gracefully(
+        self, engine: Engine, files: Sequence[PackageFile], progress: Progress | None
+    ) -> None:
         with engine.connect() as conn:
             rows = conn.execute(sa.select(files_table.c.filename, files_table.c.record))
             current = {filename: record for filename, record in rows}
         write, remove = plan_reload(current, files)
+        tally = Tally(progress, len(write) + len(remove))
         # Small transactions: readers and writers are never held up for the whole reload.
-        for batch in _batches(write, self.batch_size):
+        for batch in batches(write, self.batch_size):
             with engine.begin() as conn:
                 self._upsert(conn, batch)
-        for names in _batches(remove, self.batch_size):
+            tally.add(len(batch))
+        for names in batches(remove, self.batch_size):
             with engine.begin() as conn:
                 conn.execute(files_table.delete().where(files_table.c.filename.in_(names)))
+            tally.add(len(names))
         changed = sum(1 for f in write if f.filename in current)
         log.info(
             "reloaded the cache gracefully: {added} added, {changed} replaced, {removed} removed",
@@ -310,7 +318,7 @@ class SQLCache:
             ).tuples()
             found = [f for f, n, s in candidates if matches(n, s, terms, query_type)]
             result: list[PackageFile] = []
-            for names in _batches(found, self.batch_size):
+            for names in batches(found, self.batch_size):
                 records = conn.execute(
                     sa.select(files_table.c.record).where(files_table.c.filename.in_(names))
                 ).scalars()

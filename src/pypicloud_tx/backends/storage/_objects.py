@@ -70,7 +70,7 @@ from pypicloud_tx.domain.names import (
     parse_filename,
 )
 from pypicloud_tx.errors import BackendUnavailable, Conflict, InvalidUpload, NotFound, PPCError
-from pypicloud_tx.interfaces import IStorage
+from pypicloud_tx.interfaces import IStorage, Progress
 
 log = Logger()
 
@@ -624,10 +624,10 @@ class ObjectStorage:
 
     # -- IStorage --------------------------------------------------------------------------------
 
-    def list(self) -> Deferred[builtins.list[PackageFile]]:
-        return self._defer(self._list)
+    def list(self, progress: Progress | None = None) -> Deferred[builtins.list[PackageFile]]:
+        return self._defer(self._list, progress)
 
-    def _list(self) -> builtins.list[PackageFile]:
+    def _list(self, progress: Progress | None) -> builtins.list[PackageFile]:
         files: dict[str, ObjectInfo] = {}
         sidecars: set[str] = set()
         cores: set[str] = set()
@@ -646,7 +646,11 @@ class ObjectStorage:
                 ),
                 files.values(),
             )
-            found.extend(entry for entry in entries if entry is not None)
+            for done, entry in enumerate(entries, 1):
+                if entry is not None:
+                    found.append(entry)
+                if progress is not None:
+                    progress(done, len(files))
         return found
 
     def _read_entry(

@@ -49,7 +49,7 @@ from pypicloud_tx.domain.names import (
     versions_equal,
 )
 from pypicloud_tx.errors import BackendUnavailable, Conflict, InvalidUpload, NotFound, PPCError
-from pypicloud_tx.interfaces import IStorage
+from pypicloud_tx.interfaces import IStorage, Progress
 from pypicloud_tx.runtime import Runtime
 
 log = Logger()
@@ -315,15 +315,29 @@ class FileStorage:
 
     # -- IStorage -------------------------------------------------------------------------
 
-    def list(self) -> Deferred[list[PackageFile]]:
-        return self._run(self._list)
+    def list(self, progress: Progress | None = None) -> Deferred[list[PackageFile]]:
+        return self._run(self._list, progress)
 
     @_disk_errors
-    def _list(self) -> builtins.list[PackageFile]:
+    def _list(self, progress: Progress | None) -> builtins.list[PackageFile]:
         if not os.path.isdir(self.directory):
             # Not an empty list: a rebuild from it would empty the cache.
             raise BackendUnavailable(f"The package folder {self.directory} does not exist.")
+        found = list(self._walk())
         files = []
+        for done, (project, version, folder, filename) in enumerate(found, 1):
+            try:
+                entry = self._read_entry(project, version, folder, filename)
+            except FileNotFoundError:
+                entry = None  # deleted while we looked
+            if entry is not None:
+                files.append(entry)
+            if progress is not None:
+                progress(done, len(found))
+        return files
+
+    def _walk(self) -> Iterator[tuple[str, str, str, str]]:
+        """``(project, version, folder, filename)`` of every stored file (not records)."""
         for project in _subdirs(self.directory):
             try:
                 versions = list(_subdirs(project.path))
@@ -336,17 +350,10 @@ class FileStorage:
                 except FileNotFoundError:
                     continue
                 for filename in names:
-                    if filename.startswith(".") or filename.endswith(
+                    if not filename.startswith(".") and not filename.endswith(
                         (META_SUFFIX, CORE_METADATA_SUFFIX)
                     ):
-                        continue
-                    try:
-                        found = self._read_entry(project.name, version.name, version.path, filename)
-                    except FileNotFoundError:
-                        continue  # deleted while we looked
-                    if found is not None:
-                        files.append(found)
-        return files
+                        yield project.name, version.name, version.path, filename
 
     def _read_entry(
         self, project: str, version: str, folder: str, filename: str

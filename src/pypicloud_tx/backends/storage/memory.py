@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from pypicloud_tx.domain.models import PackageFile
 from pypicloud_tx.errors import Conflict, InvalidUpload, NotFound
-from pypicloud_tx.interfaces import IStorage
+from pypicloud_tx.interfaces import IStorage, Progress
 from pypicloud_tx.runtime import Runtime
 
 
@@ -41,8 +41,11 @@ class MemoryStorage:
         """An empty storage."""
         return cls()
 
-    def list(self) -> Deferred[list[PackageFile]]:
-        return succeed([stored.record for stored in self._files.values()])
+    def list(self, progress: Progress | None = None) -> Deferred[list[PackageFile]]:
+        files = [stored.record for stored in self._files.values()]
+        if progress is not None:
+            progress(len(files), len(files))
+        return succeed(files)
 
     def put(
         self, file: PackageFile, stream: IO[bytes], core_metadata: bytes | None, overwrite: bool
