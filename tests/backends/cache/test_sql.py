@@ -7,6 +7,7 @@ import json
 import socket
 import time
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -16,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from pypicloud_tx.backends._sql import SQLITE_BUSY_TIMEOUT_MS, normalise_url
 from pypicloud_tx.backends._threads import ThreadPoolService
+from pypicloud_tx.backends.cache.memo import MemoizedCache
 from pypicloud_tx.backends.cache.sql import SQLCache, files_table, upsert_statement
 from pypicloud_tx.domain.models import PackageFile
 from pypicloud_tx.errors import BackendUnavailable, ConfigError
@@ -41,6 +43,54 @@ class SynchronousSQLCase(SynchronousTestCase):
         return cache
 
 
+class VersionTokenChecks:
+    """For a database several processes share: ``shared_url()`` names a new one."""
+
+    def shared_url(self) -> str:
+        raise NotImplementedError
+
+    def test_version_token_changes_on_every_write(self: Any) -> None:
+        """The token changes with each save, delete, clear and reload (graceful or not) by any
+        process, and not with reads: a process may keep what it read until it changes."""
+        url = self.shared_url()
+        cache, other = self.started(url), self.started(url)
+        tokens = [self.successResultOf(cache.version_token())]
+        self.assertIsNotNone(tokens[0])
+
+        def changed() -> None:
+            token = self.successResultOf(cache.version_token())
+            self.assertNotIn(token, tokens)
+            tokens.append(token)
+
+        self.successResultOf(other.save(make_file()))
+        changed()
+        self.successResultOf(cache.distinct())
+        self.successResultOf(cache.summary())
+        self.successResultOf(cache.all("pkg"))
+        self.assertEqual(self.successResultOf(cache.version_token()), tokens[-1])
+        self.successResultOf(cache.save(make_file(version="2.0")))
+        changed()
+        self.successResultOf(other.delete(make_file(version="2.0")))
+        changed()
+        self.successResultOf(cache.reload_from_storage([make_file("x")], True))
+        changed()
+        self.successResultOf(cache.reload_from_storage([make_file("y")], False))
+        changed()
+        self.successResultOf(other.clear_all())
+        changed()
+
+    def test_memoised_reads_see_other_processes_writes(self: Any) -> None:
+        """A MemoizedCache over the database answers from memory, yet sees a file another
+        process saved at once."""
+        url = self.shared_url()
+        memo, other = MemoizedCache(self.started(url)), self.started(url)
+        self.successResultOf(other.save(make_file("a")))
+        self.assertEqual(self.successResultOf(memo.distinct()), ["a"])
+        self.assertEqual(self.successResultOf(memo.distinct()), ["a"])
+        self.successResultOf(other.save(make_file("b")))
+        self.assertEqual(self.successResultOf(memo.distinct()), ["a", "b"])
+
+
 class SQLiteMemoryTests(ICacheConformance, SynchronousSQLCase):
     """SQLCache on in-memory SQLite (``sqlite://``) passes the shared suite."""
 
@@ -48,11 +98,14 @@ class SQLiteMemoryTests(ICacheConformance, SynchronousSQLCase):
         return self.started("sqlite://")
 
 
-class SQLiteFileTests(ICacheConformance, SynchronousSQLCase):
+class SQLiteFileTests(VersionTokenChecks, ICacheConformance, SynchronousSQLCase):
     """SQLCache on a SQLite file passes the shared suite."""
 
     def make_cache(self) -> ICache:
-        return self.started(f"sqlite:///{self.mktemp()}.sqlite")
+        return self.started(self.shared_url())
+
+    def shared_url(self) -> str:
+        return f"sqlite:///{self.mktemp()}.sqlite"
 
 
 class SQLiteFileThreadedTests(ICacheConformance, TestCase):
@@ -71,8 +124,11 @@ class SQLiteFileThreadedTests(ICacheConformance, TestCase):
         return cache.start().addCallback(lambda _: cache)
 
 
-class MariaDBTests(ICacheConformance, SynchronousSQLCase):
+class MariaDBTests(VersionTokenChecks, ICacheConformance, SynchronousSQLCase):
     """SQLCache on MariaDB passes the shared suite, each test in a database of its own."""
+
+    def shared_url(self) -> str:
+        return new_mysql_database(self, "cache")
 
     def make_cache(self) -> ICache:
         return self.started(new_mysql_database(self, "cache"))
@@ -86,7 +142,7 @@ class MariaDBTests(ICacheConformance, SynchronousSQLCase):
         self.assertEqual(found.metadata, every_field().metadata)
 
 
-class PostgreSQLTests(ICacheConformance, SynchronousSQLCase):
+class PostgreSQLTests(VersionTokenChecks, ICacheConformance, SynchronousSQLCase):
     """SQLCache on PostgreSQL passes the shared suite.
 
     Each cache lives in a schema of its own (made here, dropped afterwards) in the database of
@@ -117,7 +173,10 @@ class PostgreSQLTests(ICacheConformance, SynchronousSQLCase):
         return self.base_url.update_query_dict({"options": f"-csearch_path={schema}"})
 
     def make_cache(self) -> ICache:
-        return self.started(self.new_schema_url().render_as_string(hide_password=False))
+        return self.started(self.shared_url())
+
+    def shared_url(self) -> str:
+        return self.new_schema_url().render_as_string(hide_password=False)
 
     def test_unicode_stored_as_text(self) -> None:
         """Unicode summaries and records are stored as real UTF-8 text, not escapes."""

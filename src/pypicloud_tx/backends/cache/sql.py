@@ -92,7 +92,21 @@ locks_table = sa.Table(
     sa.Column("token", sa.String(64), nullable=False),
     sa.Column("expires", sa.Double(), nullable=False),
 )
+#: One row counting the changes to ``ppc_files``: every transaction that writes files adds one,
+#: last (so writers wait for each other on it only at the end).  Reading it is how a process
+#: knows that what it keeps in memory is still what the database holds (``version_token``).
+version_table = sa.Table(
+    "ppc_cache_version",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("changes", sa.BigInteger(), nullable=False),
+)
 _UPDATED = ("name", "version", "upload_time", "summary", "record")
+
+
+def _count_change(conn: Connection) -> None:
+    """Add one to the change counter (in the caller's transaction)."""
+    conn.execute(version_table.update().values(changes=version_table.c.changes + 1))
 
 
 def _naive_utc(when: _dt.datetime) -> _dt.datetime:
@@ -183,6 +197,12 @@ class SQLCache:
     def _create_tables(self, engine: Engine) -> None:
         drop_orphaned_sqlite_journal(engine.url)
         create_tables(engine, metadata, "the cache database")
+        try:
+            with engine.begin() as conn:
+                if conn.execute(sa.select(version_table.c.id)).first() is None:
+                    conn.execute(version_table.insert().values(id=1, changes=0))
+        except sa_exc.IntegrityError:
+            pass  # another process inserted it first
 
     # -- running blocking work ------------------------------------------------------------------
 
@@ -192,6 +212,15 @@ class SQLCache:
     def _transaction(self, work: Callable[[Connection], T]) -> Deferred[T]:
         return self._run(self._blocking, in_transaction(work))
 
+    def _change(self, work: Callable[[Connection], None]) -> Deferred[None]:
+        """A transaction that changes files: the change counter goes up with it."""
+
+        def counted(conn: Connection) -> None:
+            work(conn)
+            _count_change(conn)
+
+        return self._transaction(counted)
+
     # -- writing --------------------------------------------------------------------------------
 
     def _upsert(self, conn: Connection, files: Iterable[PackageFile]) -> None:
@@ -200,19 +229,19 @@ class SQLCache:
             conn.execute(upsert_statement(conn.dialect.name), rows)
 
     def save(self, file: PackageFile) -> Deferred[None]:
-        return self._transaction(lambda conn: self._upsert(conn, [file]))
+        return self._change(lambda conn: self._upsert(conn, [file]))
 
     def delete(self, file: PackageFile) -> Deferred[None]:
         def work(conn: Connection) -> None:
             conn.execute(files_table.delete().where(files_table.c.filename == file.filename))
 
-        return self._transaction(work)
+        return self._change(work)
 
     def clear_all(self) -> Deferred[None]:
         def work(conn: Connection) -> None:
             conn.execute(files_table.delete())
 
-        return self._transaction(work)
+        return self._change(work)
 
     def reload_from_storage(
         self, files: Sequence[PackageFile], graceful: bool, progress: Progress | None = None
@@ -231,7 +260,7 @@ class SQLCache:
                 conn.execute(files_table.insert(), list(batch))
                 tally.add(len(batch))
 
-        return self._transaction(replace)
+        return self._change(replace)
 
     def _reload_gracefully(
         self, engine: Engine, files: Sequence[PackageFile], progress: Progress | None
@@ -245,10 +274,12 @@ class SQLCache:
         for batch in batches(write, self.batch_size):
             with engine.begin() as conn:
                 self._upsert(conn, batch)
+                _count_change(conn)
             tally.add(len(batch))
         for names in batches(remove, self.batch_size):
             with engine.begin() as conn:
                 conn.execute(files_table.delete().where(files_table.c.filename.in_(names)))
+                _count_change(conn)
             tally.add(len(names))
         changed = sum(1 for f in write if f.filename in current)
         log.info(
@@ -329,10 +360,18 @@ class SQLCache:
 
     def version_token(self) -> Deferred[object | None]:
         """For a SQLite file, the state of the database and its write-ahead log: every commit,
-        by any process, changes one of them.  Other databases cannot tell cheaply: ``None``."""
+        by any process, changes one of them (no query needed).  For other databases, the
+        change counter (one primary-key read); ``None`` for in-memory SQLite, whose
+        connection is shared, so a read would wait for the lock its writers hold."""
         path = self._sqlite_path
         if path is None:
-            return succeed(None)
+            if is_memory_sqlite(self._engine.url):
+                return succeed(None)
+
+            def read(conn: Connection) -> object | None:
+                return conn.execute(sa.select(version_table.c.changes)).scalar_one_or_none()
+
+            return self._transaction(read)
         token: list[tuple[int, int, int, int] | None] = []
         for name in (path, path + "-wal"):
             try:
