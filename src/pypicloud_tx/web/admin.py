@@ -9,7 +9,7 @@ its input (``web/forms.py``; 400 for a bad one), then calls one
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -71,6 +71,22 @@ def add_admin_routes(app: Klein, ctx: WebContext) -> None:
         caller = await ctx.caller(request)
         require_admin(caller)
         return caller
+
+    def name_change(
+        path: str, method: str, work: Callable[[Identity, str], Awaitable[None]], done: str
+    ) -> None:
+        """``method path``, whose one URL variable is a user or group name: ``work(caller,
+        name)``, answered with ``done`` (a ``str.format`` text) filled in with that name.  The
+        endpoint is named for ``work`` (``delete_user`` and so on)."""
+
+        async def change(request: IRequest, **url: str) -> bytes:
+            caller = await admin(request)
+            (name,) = url.values()
+            await work(caller, name)
+            return _message(request, done.format(name))
+
+        change.__name__ = work.__name__
+        route(path, method)(change)
 
     accounts = ctx.accounts
 
@@ -144,17 +160,12 @@ def add_admin_routes(app: Klein, ctx: WebContext) -> None:
         await accounts.create_user(caller, username, password)
         return _message(request, f"User {username} created.")
 
-    @route("/admin/user/<string:username>/", "DELETE")
-    async def delete_user(request: IRequest, username: str) -> bytes:
-        caller = await admin(request)
-        await accounts.delete_user(caller, username)
-        return _message(request, f"User {username} deleted.")
-
-    @route("/admin/user/<string:username>/approve/", "POST")
-    async def approve_user(request: IRequest, username: str) -> bytes:
-        caller = await admin(request)
-        await accounts.approve_user(caller, username)
-        return _message(request, f"User {username} approved.")
+    name_change(
+        "/admin/user/<string:username>/", "DELETE", accounts.delete_user, "User {} deleted."
+    )
+    name_change(
+        "/admin/user/<string:username>/approve/", "POST", accounts.approve_user, "User {} approved."
+    )
 
     @route("/admin/user/<string:username>/admin/", "POST")
     async def set_admin(request: IRequest, username: str) -> bytes:
@@ -172,9 +183,8 @@ def add_admin_routes(app: Klein, ctx: WebContext) -> None:
         caller = await admin(request)
         add = request.method == b"PUT"
         await accounts.edit_user_group(caller, username, group, add)
-        if add:
-            return _message(request, f"{username} added to group {group}.")
-        return _message(request, f"{username} removed from group {group}.")
+        verb = "added to" if add else "removed from"
+        return _message(request, f"{username} {verb} group {group}.")
 
     @route("/admin/group/", "GET")
     async def groups(request: IRequest) -> bytes:
@@ -190,17 +200,10 @@ def add_admin_routes(app: Klein, ctx: WebContext) -> None:
             {"members": list(found.members), "packages": _grants(found.packages, "package")},
         )
 
-    @route("/admin/group/<string:group>/", "PUT")
-    async def create_group(request: IRequest, group: str) -> bytes:
-        caller = await admin(request)
-        await accounts.create_group(caller, group)
-        return _message(request, f"Group {group} created.")
-
-    @route("/admin/group/<string:group>/", "DELETE")
-    async def delete_group(request: IRequest, group: str) -> bytes:
-        caller = await admin(request)
-        await accounts.delete_group(caller, group)
-        return _message(request, f"Group {group} deleted.")
+    name_change("/admin/group/<string:group>/", "PUT", accounts.create_group, "Group {} created.")
+    name_change(
+        "/admin/group/<string:group>/", "DELETE", accounts.delete_group, "Group {} deleted."
+    )
 
     @route("/admin/package/<string:package>/", "GET")
     async def package(request: IRequest, package: str) -> bytes:

@@ -9,18 +9,25 @@ are managed); on a read-only backend the pages show the data and no forms.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 from klein import Klein
 from twisted.web.iweb import IRequest
 
+from pypicloud_tx.domain.models import Identity
 from pypicloud_tx.errors import NotFound, PPCError
 from pypicloud_tx.services.accounts import BUILTIN_GROUPS
 from pypicloud_tx.web.ui import csrf
 from pypicloud_tx.web.ui.browse import project_name
 from pypicloud_tx.web.ui.render import Pages, status_of
 from pypicloud_tx.web.ui.session import Visitor, flash
+
+#: A posted form's fields.
+Fields = dict[str, list[str]]
+#: Where a successful change sends the browser, and the message it shows there.
+Done = tuple[str, str]
 
 
 def _path(*parts: str) -> str:
@@ -52,33 +59,65 @@ def add_console_routes(app: Klein, pages: Pages) -> None:
         flash(ctx, request, error.message, "error")
         return pages.redirect(request, back)
 
-    async def change(request: IRequest, back: str, done: str, work: Any, *args: Any) -> bytes:
-        """One :class:`Accounts` change by an admin with a checked form, then back to ``back``."""
+    async def change(
+        request: IRequest, back: str, work: Callable[[Identity, Fields], Awaitable[Done]]
+    ) -> bytes:
+        """One :class:`Accounts` change by an admin with a checked form: ``work(caller,
+        fields)`` makes it and says where to go with what message; a refusal goes to ``back``
+        showing why."""
         visitor = await pages.admin(request)
-        pages.form(request, visitor)
+        fields = pages.form(request, visitor)
         try:
-            await work(visitor.identity, *args)
+            location, text = await work(visitor.identity, fields)
         except PPCError as e:
             return failed(request, back, e)
-        return pages.redirect(request, back, done)
+        return pages.redirect(request, location, text)
+
+    async def membership(
+        request: IRequest, back: str, username: str | None = None, group: str | None = None
+    ) -> bytes:
+        """Add a user to a group, or take them out with ``action=remove``; the one of
+        ``username`` and ``group`` the URL does not give comes from the form field of that
+        name."""
+
+        async def work(caller: Identity, fields: Fields) -> Done:
+            who = csrf.one(fields, "username").strip() if username is None else username
+            where = csrf.one(fields, "group").strip() if group is None else group
+            add = csrf.one(fields, "action") != "remove"
+            await accounts.edit_user_group(caller, who, where, add)
+            verb = "added to" if add else "removed from"
+            return back, f"{who} {verb} group {where}."
+
+        return await change(request, back, work)
+
+    async def console_page(
+        request: IRequest,
+        visitor: Visitor,
+        status: int = 200,
+        signup: dict[str, str] | None = None,
+        signup_error: str | None = None,
+    ) -> bytes:
+        """The overview page, with the sign-up token just made (or why it was refused)."""
+        return render(
+            request,
+            visitor,
+            "console.html",
+            status,
+            allow_register=await accounts.allow_register(),
+            pending=await accounts.pending_users(),
+            signing=ctx.settings.signing_key is not None,
+            user_count=len(await accounts.users()),
+            group_count=len(await accounts.groups()),
+            signup=signup,
+            signup_error=signup_error,
+        )
 
     # -- overview ------------------------------------------------------------------------
 
     @pages.route(app, "/console/", "GET", "HEAD")
     async def overview(request: IRequest) -> bytes:
         """Registration, pending users, sign-up tokens, cache rebuild, ACL download."""
-        visitor = await pages.admin(request)
-        return render(
-            request,
-            visitor,
-            "console.html",
-            allow_register=await accounts.allow_register(),
-            pending=await accounts.pending_users(),
-            signing=ctx.settings.signing_key is not None,
-            user_count=len(await accounts.users()),
-            group_count=len(await accounts.groups()),
-            signup=None,
-        )
+        return await console_page(request, await pages.admin(request))
 
     @pages.route(app, "/console", "GET", "HEAD")
     async def overview_slash(request: IRequest) -> bytes:
@@ -134,19 +173,7 @@ def add_console_routes(app: Klein, pages: Pages) -> None:
                 "token": token,
                 "url": f"{base}register?token={quote(token, safe=':')}",
             }
-        return render(
-            request,
-            visitor,
-            "console.html",
-            200 if error is None else 400,
-            allow_register=await accounts.allow_register(),
-            pending=await accounts.pending_users(),
-            signing=ctx.settings.signing_key is not None,
-            user_count=len(await accounts.users()),
-            group_count=len(await accounts.groups()),
-            signup=signup,
-            signup_error=error,
-        )
+        return await console_page(request, visitor, 200 if error is None else 400, signup, error)
 
     # -- users -----------------------------------------------------------------------------
 
@@ -163,16 +190,12 @@ def add_console_routes(app: Klein, pages: Pages) -> None:
 
     @pages.route(app, "/console/users/", "POST")
     async def create_user(request: IRequest) -> bytes:
-        visitor = await pages.admin(request)
-        fields = pages.form(request, visitor)
-        username = csrf.one(fields, "username").strip()
-        try:
-            await accounts.create_user(visitor.identity, username, csrf.one(fields, "password"))
-        except PPCError as e:
-            return failed(request, "/console/users/", e)
-        return pages.redirect(
-            request, _path("console", "users", username), f"User {username} created."
-        )
+        async def work(caller: Identity, fields: Fields) -> Done:
+            username = csrf.one(fields, "username").strip()
+            await accounts.create_user(caller, username, csrf.one(fields, "password"))
+            return _path("console", "users", username), f"User {username} created."
+
+        return await change(request, "/console/users/", work)
 
     @pages.route(app, "/console/users/<string:username>/", "GET", "HEAD")
     async def user(request: IRequest, username: str) -> bytes:
@@ -192,13 +215,11 @@ def add_console_routes(app: Klein, pages: Pages) -> None:
 
     @pages.route(app, "/console/users/<string:username>/approve", "POST")
     async def approve(request: IRequest, username: str) -> bytes:
-        return await change(
-            request,
-            "/console/users/",
-            f"User {username} approved.",
-            accounts.approve_user,
-            username,
-        )
+        async def work(caller: Identity, fields: Fields) -> Done:
+            await accounts.approve_user(caller, username)
+            return "/console/users/", f"User {username} approved."
+
+        return await change(request, "/console/users/", work)
 
     @pages.route(app, "/console/users/<string:username>/delete", "GET", "HEAD")
     async def confirm_delete_user(request: IRequest, username: str) -> bytes:
@@ -209,45 +230,32 @@ def add_console_routes(app: Klein, pages: Pages) -> None:
 
     @pages.route(app, "/console/users/<string:username>/delete", "POST")
     async def delete_user(request: IRequest, username: str) -> bytes:
-        visitor = await pages.admin(request)
-        pages.form(request, visitor)
-        try:
-            await accounts.delete_user(visitor.identity, username)
-        except PPCError as e:
-            return failed(request, _path("console", "users", username), e)
-        # The user's sessions end with them (a new user of the same name must not inherit them).
-        await ctx.sessions.end_user(username)
-        return pages.redirect(request, "/console/users/", f"User {username} deleted.")
+        async def work(caller: Identity, fields: Fields) -> Done:
+            await accounts.delete_user(caller, username)
+            # Their sessions end with them (a new user of the same name must not inherit them).
+            await ctx.sessions.end_user(username)
+            return "/console/users/", f"User {username} deleted."
+
+        return await change(request, _path("console", "users", username), work)
 
     @pages.route(app, "/console/users/<string:username>/admin", "POST")
     async def set_admin(request: IRequest, username: str) -> bytes:
-        visitor = await pages.admin(request)
-        fields = pages.form(request, visitor)
-        wanted = csrf.one(fields, "admin") == "true"
         back = _path("console", "users", username)
-        try:
-            now_admin = await accounts.set_admin(visitor.identity, username, wanted)
-        except PPCError as e:
-            return failed(request, back, e)
-        if now_admin and not wanted:
-            text = f"{username} is still an admin: auth.admins in the configuration names them."
-        else:
-            text = f"{username} is {'now' if now_admin else 'no longer'} an admin."
-        return pages.redirect(request, back, text)
+
+        async def work(caller: Identity, fields: Fields) -> Done:
+            wanted = csrf.one(fields, "admin") == "true"
+            now_admin = await accounts.set_admin(caller, username, wanted)
+            if now_admin and not wanted:
+                return back, (
+                    f"{username} is still an admin: auth.admins in the configuration names them."
+                )
+            return back, f"{username} is {'now' if now_admin else 'no longer'} an admin."
+
+        return await change(request, back, work)
 
     @pages.route(app, "/console/users/<string:username>/groups", "POST")
     async def user_group(request: IRequest, username: str) -> bytes:
-        visitor = await pages.admin(request)
-        fields = pages.form(request, visitor)
-        group = csrf.one(fields, "group").strip()
-        add = csrf.one(fields, "action") != "remove"
-        back = _path("console", "users", username)
-        try:
-            await accounts.edit_user_group(visitor.identity, username, group, add)
-        except PPCError as e:
-            return failed(request, back, e)
-        verb = "added to" if add else "removed from"
-        return pages.redirect(request, back, f"{username} {verb} group {group}.")
+        return await membership(request, _path("console", "users", username), username=username)
 
     # -- groups ----------------------------------------------------------------------------
 
@@ -264,14 +272,12 @@ def add_console_routes(app: Klein, pages: Pages) -> None:
 
     @pages.route(app, "/console/groups/", "POST")
     async def create_group(request: IRequest) -> bytes:
-        visitor = await pages.admin(request)
-        fields = pages.form(request, visitor)
-        group = csrf.one(fields, "group").strip()
-        try:
-            await accounts.create_group(visitor.identity, group)
-        except PPCError as e:
-            return failed(request, "/console/groups/", e)
-        return pages.redirect(request, _path("console", "groups", group), f"Group {group} created.")
+        async def work(caller: Identity, fields: Fields) -> Done:
+            group = csrf.one(fields, "group").strip()
+            await accounts.create_group(caller, group)
+            return _path("console", "groups", group), f"Group {group} created."
+
+        return await change(request, "/console/groups/", work)
 
     @pages.route(app, "/console/groups/<string:group>/", "GET", "HEAD")
     async def group(request: IRequest, group: str) -> bytes:
@@ -289,17 +295,7 @@ def add_console_routes(app: Klein, pages: Pages) -> None:
 
     @pages.route(app, "/console/groups/<string:group>/members", "POST")
     async def group_member(request: IRequest, group: str) -> bytes:
-        visitor = await pages.admin(request)
-        fields = pages.form(request, visitor)
-        username = csrf.one(fields, "username").strip()
-        add = csrf.one(fields, "action") != "remove"
-        back = _path("console", "groups", group)
-        try:
-            await accounts.edit_user_group(visitor.identity, username, group, add)
-        except PPCError as e:
-            return failed(request, back, e)
-        verb = "added to" if add else "removed from"
-        return pages.redirect(request, back, f"{username} {verb} group {group}.")
+        return await membership(request, _path("console", "groups", group), group=group)
 
     @pages.route(app, "/console/groups/<string:group>/delete", "GET", "HEAD")
     async def confirm_delete_group(request: IRequest, group: str) -> bytes:
@@ -310,13 +306,11 @@ def add_console_routes(app: Klein, pages: Pages) -> None:
 
     @pages.route(app, "/console/groups/<string:group>/delete", "POST")
     async def delete_group(request: IRequest, group: str) -> bytes:
-        visitor = await pages.admin(request)
-        pages.form(request, visitor)
-        try:
-            await accounts.delete_group(visitor.identity, group)
-        except PPCError as e:
-            return failed(request, _path("console", "groups", group), e)
-        return pages.redirect(request, "/console/groups/", f"Group {group} deleted.")
+        async def work(caller: Identity, fields: Fields) -> Done:
+            await accounts.delete_group(caller, group)
+            return "/console/groups/", f"Group {group} deleted."
+
+        return await change(request, _path("console", "groups", group), work)
 
     # -- package permissions ---------------------------------------------------------------
 
