@@ -41,19 +41,17 @@ import argparse
 import concurrent.futures
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import io
-import json
 import os
 import re
 import resource
 import secrets
-import shlex
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,14 +64,28 @@ sys.path.insert(0, str(REPO))
 from bench.run import (  # noqa: E402
     CLK_TCK,
     JSON_ACCEPT,
+    TWIST,
     Endpoint,
     Server,
+    add_output_options,
+    add_wrk_options,
     check_endpoint,
-    free_port,
+    companion_figures,
+    figure_row,
+    head_commit,
     log,
+    machine,
+    postgres_admin,
+    print_table,
+    proc_stat,
     project_name,
+    recorded_pid,
     request,
+    require_wrk,
+    service_settings,
+    twist_server,
     workdir,
+    write_json,
     wrk,
 )
 from tests.distfactory import make_wheel  # noqa: E402
@@ -105,29 +117,12 @@ SERVICE_TIMEOUT = 10
 def service_urls(wanted: Sequence[str]) -> dict[str, str]:
     """The URL of each wanted cache's service: from the environment, else from
     ``tests/services.sh env``; exits with a clear message when one is missing."""
+    served = [c for c in wanted if c in SERVICES]
+    settings = service_settings([SERVICES[c][0] for c in served], [SERVICES[c][2] for c in served])
     found: dict[str, str] = {}
-    missing = [c for c in wanted if c in SERVICES and not os.environ.get(SERVICES[c][0])]
-    exported: dict[str, str] = {}
-    if missing:
-        names = [SERVICES[c][2] for c in missing]
-        try:
-            out = subprocess.run(
-                ["bash", str(REPO / "tests" / "services.sh"), "env", *names],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        for line in out.splitlines():
-            words = shlex.split(line)
-            if words[:1] == ["export"]:
-                exported.update(w.split("=", 1) for w in words[1:] if "=" in w)  # type: ignore[misc]
-    for cache in wanted:
-        if cache not in SERVICES:
-            continue
+    for cache in served:
         variable, what, name = SERVICES[cache]
-        url = os.environ.get(variable) or exported.get(variable)
+        url = settings.get(variable)
         if not url:
             raise SystemExit(
                 f"--caches {cache}: {what} is not available: set {variable}, or start it with "
@@ -145,7 +140,7 @@ def check_reachable(cache: str, url: str) -> None:
     measurement rather than in the middle of it."""
     try:
         if cache == "postgres":
-            with _pg_admin(url):
+            with postgres_admin(url, SERVICE_TIMEOUT):
                 pass
         elif cache == "redis":
             out = subprocess.run(
@@ -161,25 +156,6 @@ def check_reachable(cache: str, url: str) -> None:
             f"--caches {cache}: {what} at {variable}={url} does not answer ({e}); "
             f"`bash tests/services.sh status {name}`"
         ) from None
-
-
-@contextlib.contextmanager
-def _pg_admin(url: str) -> Iterator[Any]:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    params: dict[str, Any] = {
-        "host": u.host or "127.0.0.1",
-        "port": u.port or 5432,
-        "user": u.username,
-        "dbname": u.database or "postgres",
-        "connect_timeout": SERVICE_TIMEOUT,
-    }
-    if u.password:
-        params["password"] = u.password
-    with psycopg.connect(**params, autocommit=True) as conn:
-        yield conn
 
 
 def _redis_cli(url: str) -> list[str]:
@@ -233,11 +209,11 @@ def new_namespace(cache: str, url: str | None, folder: Path) -> Namespace:
         from sqlalchemy.engine import make_url
 
         name = f"ppc_bench_{tag}"
-        with _pg_admin(url) as conn:
+        with postgres_admin(url, SERVICE_TIMEOUT) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
 
         def drop_database() -> None:
-            with _pg_admin(url) as conn:
+            with postgres_admin(url, SERVICE_TIMEOUT) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
         db_url = make_url(url).set(database=name).render_as_string(hide_password=False)
@@ -369,103 +345,40 @@ def build_storage(folder: Path, projects: int) -> dict[str, float]:
 # -- measurements ------------------------------------------------------------------------
 
 
-class ReadyServer(Server):
-    """:class:`bench.run.Server`, ready when ``/ping`` answers (polled every 50 ms), with a
-    start timeout of its own: ``Server.start`` probes ``/simple/`` every 0.2 s for at most
-    120 s, which would time a render of the whole index too."""
-
-    start_timeout: float = 600.0
-    ready_seconds: float = 0.0
-    #: The cache service's process (``None``: no service, or not found).
-    service_pid: int | None = None
-    service_samples: list[float] | None = None
-
-    def cpu_seconds(self) -> float:
-        """The server's CPU seconds; also samples the service's, so that the two readings
-        ``bench.run.wrk`` takes around its measured run give the service's CPU too."""
-        if self.service_pid is not None and self.service_samples is not None:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                self.service_samples.append(service_cpu_seconds(self.service_pid))
-        return super().cpu_seconds()
-
-    def start(self) -> None:
-        logfile = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - closed with proc
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env={**os.environ, **self.env},
-            start_new_session=True,
-        )
-        logfile.close()
-        deadline = t0 + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{self.label} exited at start; see {self.workdir}/server.log")
-            with contextlib.suppress(OSError):
-                status, _, _ = request(self.port, "GET", "/ping", timeout=5)
-                if status == 200:
-                    self.ready_seconds = time.monotonic() - t0
-                    return
-            time.sleep(PROBE_INTERVAL)
-        self.stop()
-        raise SystemExit(f"{self.label} did not answer /ping within {self.start_timeout}s")
-
-
-def _stat(pid: int | str) -> list[str]:
-    """``/proc/PID/stat`` from field 3 (state) on: the command name may hold spaces."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def service_cpu_seconds(pid: int) -> float:
     """CPU seconds of a service process, of its live children (PostgreSQL's backends) and of
     the children it has reaped (``cutime + cstime``)."""
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or entry.name == str(pid):
             continue
         with contextlib.suppress(OSError, IndexError, ValueError):
-            child = _stat(entry.name)
+            child = proc_stat(entry.name)
             if int(child[1]) == pid:
                 ticks += int(child[11]) + int(child[12])
     return ticks / CLK_TCK
 
 
-def service_pid(cache: str) -> int | None:
-    """The pid ``tests/services.sh`` recorded for the cache's service, if it runs."""
-    if cache not in SERVICES:
-        return None
-    run = Path(os.environ.get("PPC_SERVICES_DIR", "/tmp/pypicloud-tx-services")) / "run"
-    try:
-        pid = int((run / f"{SERVICES[cache][2]}.pid").read_text().split()[0])
-        _stat(pid)
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid
+def service_cpu(cache: str) -> Callable[[], float] | None:
+    """Reads the CPU seconds of the cache's service (the process ``tests/services.sh``
+    recorded), if it runs here."""
+    pid = recorded_pid(SERVICES[cache][2]) if cache in SERVICES else None
+    return None if pid is None else functools.partial(service_cpu_seconds, pid)
 
 
-def make_server(label: str, config: Path, twist: str, start_timeout: float) -> ReadyServer:
-    port = free_port()
-    server = ReadyServer(
+def make_server(label: str, config: Path, twist: str, start_timeout: float) -> Server:
+    """A server on ``config``, ready when ``/ping`` answers (polled every 50 ms), with a
+    start timeout of its own: the default, probing ``/simple/`` every 0.2 s for at most
+    120 s, would time a render of the whole index too."""
+    return twist_server(
         label,
-        [
-            twist,
-            "--log-format=text",
-            "pypicloud",
-            "--config",
-            str(config),
-            "--listen",
-            f"tcp:port={port}:interface=127.0.0.1",
-        ],
-        port,
-        config.parent,
-        env={"TMPDIR": str(config.parent)},
+        twist,
+        config,
+        ready_path="/ping",
+        probe_interval=PROBE_INTERVAL,
+        start_timeout=start_timeout,
     )
-    server.start_timeout = start_timeout
-    return server
 
 
 REBUILT = re.compile(r"cache rebuilt: (\d+) files in ([0-9.]+)s")
@@ -500,12 +413,15 @@ def cli_rebuild(cli: str, config: Path, timeout: float) -> dict[str, float]:
     }
 
 
-def count_index(server: Server) -> int:
-    """How many projects ``/simple/`` lists."""
+def count_index(server: Server, label: str, expected: int) -> int:
+    """How many projects ``/simple/`` lists; stops the run unless that is ``expected``."""
     status, _, body = request(server.port, "GET", "/simple/", timeout=60)
     if status != 200:
         raise SystemExit(f"{server.label}: /simple/ answered {status}")
-    return body.count(b"<a ")
+    listed = body.count(b"<a ")
+    if listed != expected:
+        raise SystemExit(f"{label}: /simple/ lists {listed} projects, not {expected}")
+    return listed
 
 
 def stop(server: Server) -> None:
@@ -548,14 +464,13 @@ def bench_cache(
 
         # b, c. a server on the full cache: start-up, then the project pages under load
         server = make_server(f"{label} (full)", config, args.twist, args.start_timeout)
-        server.service_pid = service_pid(cache)
+        # Each CPU reading of the server also reads the service's: see companion_figures.
+        server.companion_cpu = service_cpu(cache)
         server.start()
         try:
             results["start_full_s"] = server.ready_seconds
             results["rss_start_mb"] = server.rss_mb()
-            listed = count_index(server)
-            if listed != len(names):
-                raise SystemExit(f"{label}: /simple/ lists {listed} projects, not {len(names)}")
+            count_index(server, label, len(names))
             pages = [f"/simple/{n}/" for n in names]
             runs: dict[str, Any] = {}
             endpoints: tuple[Endpoint, ...] = (
@@ -569,24 +484,23 @@ def bench_cache(
                 check = check_endpoint(server, endpoint)
                 if check["status"] != "200":
                     raise SystemExit(f"{label}: {endpoint.paths[0]} answered {check}")
-                samples = server.service_samples = []
-                figures: dict[str, Any] = wrk(
+                # The service's CPU includes whatever else uses the shared service meanwhile.
+                figures = companion_figures(
                     server,
-                    f"{cache}-{endpoint.key}",
-                    endpoint.paths,
-                    endpoint.headers,
-                    args.duration,
-                    args.connections,
-                    args.warmup,
-                    scratch,
+                    "service_cpu_ms_per_request",
+                    functools.partial(
+                        wrk,
+                        server,
+                        f"{cache}-{endpoint.key}",
+                        endpoint.paths,
+                        endpoint.headers,
+                        args.duration,
+                        args.connections,
+                        args.warmup,
+                        scratch,
+                    ),
                 )
                 figures["check"] = check
-                if len(samples) >= 2:
-                    # Includes whatever else uses the shared service meanwhile.
-                    figures["service_cpu_ms_per_request"] = (
-                        (samples[-1] - samples[-2]) * 1000 / max(1, figures["requests"])
-                    )
-                server.service_samples = None
                 runs[endpoint.key] = figures
                 log(
                     f"{label}: {endpoint.title}: {figures['rps']:.0f} req/s, p50 "
@@ -608,9 +522,7 @@ def bench_cache(
         try:
             results["start_empty_s"] = server.ready_seconds
             results["start_empty_server_cpu_s"] = server.cpu_seconds()
-            listed = count_index(server)
-            if listed != len(names):
-                raise SystemExit(f"{label}: /simple/ lists {listed} projects, not {len(names)}")
+            listed = count_index(server, label, len(names))
             log(f"{label}: ready after {server.ready_seconds:.1f}s, {listed} projects listed")
         finally:
             stop(server)
@@ -629,14 +541,6 @@ def report(results: dict[str, Any]) -> None:
         "rotating over every project (client, server and the service share the machine)\n"
     )
     caches = [c for c in results["caches"] if c in results]
-
-    def get(r: Any, *keys: str) -> Any:
-        for k in keys:
-            if not isinstance(r, dict) or k not in r:
-                return None
-            r = r[k]
-        return r
-
     spec: list[tuple[str, tuple[str, ...], str]] = [
         ("rebuild, empty cache: wall s", ("rebuild_empty", "wall_s"), "{:.1f}"),
         ("rebuild, empty cache: work s (reported)", ("rebuild_empty", "reported_s"), "{:.1f}"),
@@ -670,19 +574,8 @@ def report(results: dict[str, Any]) -> None:
         ]
     spec.append(("server RSS after load, MB", ("rss_after_load_mb",), "{:.0f}"))
     header = ["", *(LABELS[c] for c in caches)]
-    rows = []
-    for title, keys, fmt in spec:
-        cells = [title]
-        for c in caches:
-            value = get(results[c], *keys)
-            cells.append(fmt.format(value) if value is not None else "-")
-        rows.append(cells)
-    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header))]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for r in rows:
-        cells = [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        print(" | ".join([r[0].ljust(widths[0]), *cells]))
+    columns = [results[c] for c in caches]
+    print_table(header, [figure_row(title, columns, keys, fmt) for title, keys, fmt in spec])
     if "dynamo" in caches:
         print("\nDynamoDB ran on moto_server, an emulator written in Python: not a guide to AWS.")
     print(
@@ -693,40 +586,10 @@ def report(results: dict[str, Any]) -> None:
     )
 
 
-def machine() -> dict[str, str]:
+def machine_record() -> dict[str, str]:
     """What ``bench.run.machine`` records, with the commit read from ``.git`` rather than by
     running git."""
-    cpu = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
-    return {
-        "commit": head_commit(),
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "memory_gib": f"{int(mem) / 2**20:.1f}",
-        "python": sys.version.split()[0],
-        "clk_tck": str(CLK_TCK),
-    }
-
-
-def head_commit() -> str:
-    git = REPO / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head[:12]
-        ref = head[5:]
-        if (git / ref).exists():
-            return (git / ref).read_text().strip()[:12]
-        for line in (git / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0][:12]
-    except OSError:
-        pass
-    return "unknown"
+    return {**machine(head_commit()), "clk_tck": str(CLK_TCK)}
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -735,9 +598,7 @@ def head_commit() -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--projects", type=int, default=10_000, help="projects (one wheel each)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per wrk run")
-    p.add_argument("--connections", type=int, default=16)
+    add_wrk_options(p)
     p.add_argument(
         "--caches",
         default=DEFAULT_CACHES,
@@ -752,13 +613,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "answers a project page it has not served yet in about 0.4 s at 10,000 projects, so "
         "requesting every page once takes an hour)",
     )
-    p.add_argument("--twist", default=str(REPO / ".venv" / "bin" / "twist"))
+    p.add_argument("--twist", default=TWIST)
     p.add_argument("--cli", default=str(REPO / ".venv" / "bin" / "pypicloud-tx"))
     p.add_argument("--rebuild-timeout", type=float, default=1800.0, help="seconds per rebuild")
     p.add_argument("--start-timeout", type=float, default=1800.0, help="seconds per start-up")
-    p.add_argument("--workdir", type=Path, default=None, help="default: a new temp dir, removed")
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    add_output_options(p, "default: a new temp dir, removed")
     args = p.parse_args(argv)
     args.caches = [c.strip() for c in args.caches.split(",") if c.strip()]
     unknown = [c for c in args.caches if c not in CACHES]
@@ -774,8 +633,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    require_wrk()
     for program in (args.twist, args.cli):
         if not os.access(program, os.X_OK):
             raise SystemExit(f"{program} is not there: pip install -e . in the venv")
@@ -786,14 +644,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for variable in [v for v in os.environ if CONFIG_ENV.match(v)]:
         log(f"ignoring {variable} for the servers")
         del os.environ[variable]
-    with workdir(args) as root:
+    with workdir(args.workdir, args.keep) as root:
         args.root = root
         names = [project_name(i) for i in range(args.projects)]
         log(f"storing {args.projects} wheels with FileStorage.put, {PUT_THREADS} at a time")
         storage_figures = build_storage(root / "packages", args.projects)
         log(f"storage: {storage_figures}")
         results: dict[str, Any] = {
-            "machine": machine(),
+            "machine": machine_record(),
             "args": {k: v if isinstance(v, list) else str(v) for k, v in vars(args).items()},
             "caches": args.caches,
             "storage": storage_figures,
@@ -803,11 +661,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"--- {LABELS[cache]}")
             results[cache] = bench_cache(cache, urls.get(cache), names, root / "packages", args)
             if args.json:  # a partial file survives a later failure
-                args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+                write_json(args.json, results)
         results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         report(results)
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+            write_json(args.json, results)
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import os
 import shutil
 import statistics
@@ -40,10 +39,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from bench.run import JSON_ACCEPT, write_json  # noqa: E402
 from tests.distfactory import make_wheel, twine_fields  # noqa: E402
 from tests.e2e.server import IndexProcess  # noqa: E402
-
-JSON = "application/vnd.pypi.simple.v1+json"
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -116,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pages.append(
                     timed(
                         lambda n=name: ok(
-                            front.get(f"/simple/{n}/", user="bob", accept=JSON), f"page {n}"
+                            front.get(f"/simple/{n}/", user="bob", accept=JSON_ACCEPT), f"page {n}"
                         )
                     )
                 )
@@ -147,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.perf_counter()
             pages_got = list(
                 pool.map(
-                    lambda _: front.get(page_path, user="bob", accept=JSON),
+                    lambda _: front.get(page_path, user="bob", accept=JSON_ACCEPT),
                     range(args.concurrency),
                 )
             )
@@ -190,8 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{flight['page_upstream_gets']} upstream GET(s)"
     )
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        write_json(Path(args.json), results)
     targets_met = (
         flight["file_ok"] == flight["clients"]
         and flight["page_ok"] == flight["clients"]

@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import secrets
-import shlex
 import signal
 import socket
 import subprocess
@@ -58,17 +56,26 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from bench.run import (  # noqa: E402
-    CLK_TCK,
-    USER,
-    Server,
+    TWIST,
+    add_output_options,
+    add_wrk_options,
     build_corpus,
+    cpu_model,
     free_port,
     log,
     password_hashes,
+    postgres_admin,
+    process_cpu_seconds,
     project_name,
     request,
+    server_config,
+    service_settings,
+    terminate,
+    twist_argv,
+    twist_server,
     upload_corpus,
     workdir,
+    write_json,
     wrk,
 )
 
@@ -88,18 +95,7 @@ ADOPT = (
 
 
 def postgres_url() -> str:
-    url = os.environ.get("PPC_TEST_POSTGRES_URL")
-    if not url:
-        out = subprocess.run(
-            ["bash", str(REPO / "tests" / "services.sh"), "env", "postgres"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-        for word in shlex.split(out.replace("export ", "")):
-            key, _, value = word.partition("=")
-            if key == "PPC_TEST_POSTGRES_URL":
-                url = value
+    url = service_settings(["PPC_TEST_POSTGRES_URL"], ["postgres"]).get("PPC_TEST_POSTGRES_URL")
     if not url:
         raise SystemExit(
             "no PostgreSQL: bash tests/services.sh start postgres (or set PPC_TEST_POSTGRES_URL)"
@@ -110,49 +106,23 @@ def postgres_url() -> str:
 @contextlib.contextmanager
 def new_database(server_url: str) -> Iterator[str]:
     """The URL of a new database on ``server_url``'s server, dropped afterwards."""
-    import psycopg
     from sqlalchemy.engine import make_url
 
-    url = make_url(server_url)
     name = f"bench_processes_{secrets.token_hex(4)}"
-    params: dict[str, Any] = {
-        "host": url.host or "127.0.0.1",
-        "port": url.port or 5432,
-        "user": url.username,
-        "dbname": url.database or "postgres",
-        "connect_timeout": 10,
-    }
-    if url.password:
-        params["password"] = url.password
-
-    def admin(sql: str) -> None:
-        with psycopg.connect(**params, autocommit=True) as conn:
-            conn.execute(sql)
-
-    admin(f'CREATE DATABASE "{name}"')
+    with postgres_admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield url.set(database=name).render_as_string(hide_password=False)
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with postgres_admin(server_url) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def write_config(root: Path, db_url: str, hashes: dict[str, str]) -> Path:
-    users = "\n".join(f"user.{u} = {h}" for u, h in hashes.items())
     (root / "packages").mkdir(parents=True, exist_ok=True)
     path = root / "server.conf"
     # %% keeps configparser's interpolation away from a password's "%".
-    path.write_text(f"""\
-[pypicloud]
-pypi.storage = file
-storage.dir = %(here)s/packages
-pypi.db = sql
-db.url = {db_url.replace("%", "%%")}
-pypi.auth = config
-pypi.default_read = everyone
-pypi.default_write = authenticated
-auth.admins = {USER}
-{users}
-""")
+    path.write_text(server_config(hashes, db_url=db_url.replace("%", "%%")))
     return path
 
 
@@ -199,15 +169,15 @@ class Group:
             path = self.root / f"server-{self.mode}-{self.count}-{number}.log"
             self.logs.append(path)
             logfile = open(path, "wb")  # noqa: SIM115 - closed once the child holds it
-            command = [self.twist, "--log-format=text", "pypicloud", "--config", str(self.config)]
             if self.sockets:
                 fd = self.sockets[min(number, len(self.sockets)) - 1].fileno()
-                command += ["--listen", "systemd:domain=INET:index=0"]
+                command = twist_argv(self.twist, self.config, "systemd:domain=INET:index=0")
                 argv = ["/bin/sh", "-c", ADOPT, "sh", str(fd), *command]
                 env.update(LISTEN_FDS="1", LISTEN_FDNAMES="pypicloud")
                 fds: tuple[int, ...] = (fd,)
             else:
-                argv = [*command, "--listen", f"reuseport:port={self.port}:interface=127.0.0.1"]
+                listen = f"reuseport:port={self.port}:interface=127.0.0.1"
+                argv = twist_argv(self.twist, self.config, listen)
                 fds = ()
             self.procs.append(
                 subprocess.Popen(
@@ -265,11 +235,7 @@ class Group:
                 p.send_signal(signal.SIGCONT)
 
     def cpu_by_process(self) -> list[float]:
-        seconds = []
-        for p in self.procs:
-            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            seconds.append((int(fields[11]) + int(fields[12])) / CLK_TCK)
-        return seconds
+        return [process_cpu_seconds(p.pid) for p in self.procs]
 
     def cpu_seconds(self) -> float:
         return sum(self.cpu_by_process())
@@ -277,16 +243,7 @@ class Group:
     def stop(self) -> None:
         for sock in self.sockets:
             sock.close()
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(STOP_TIMEOUT)
+        terminate(self.procs, STOP_TIMEOUT)
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -296,22 +253,7 @@ def load_corpus(args: argparse.Namespace, root: Path, config: Path) -> dict[str,
     """Upload the corpus through one ordinary server; return the upload figures."""
     dists = build_corpus(root / "corpus", args.projects, 1)
     log(f"corpus: {len(dists)} files")
-    port = free_port()
-    server = Server(
-        "loader",
-        [
-            args.twist,
-            "--log-format=text",
-            "pypicloud",
-            "--config",
-            str(config),
-            "--listen",
-            f"tcp:port={port}:interface=127.0.0.1",
-        ],
-        port,
-        root,
-        env={"TMPDIR": str(root)},
-    )
+    server = twist_server("loader", args.twist, config)
     server.start()
     try:
         figures = upload_corpus(server, dists, args.upload_concurrency)
@@ -361,12 +303,7 @@ def bench_group(
 
 
 def machine() -> dict[str, str]:
-    cpu = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": sys.version.split()[0]}
+    return {"nproc": str(os.cpu_count()), "cpu": cpu_model(), "python": sys.version.split()[0]}
 
 
 def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -433,15 +370,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "per process, passed as systemd passes it), shared (one socket passed to all), "
         "reuseport (each binds the port: --listen reuseport:); 1 process runs once",
     )
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per wrk run")
-    p.add_argument("--connections", type=int, default=16)
+    add_wrk_options(p)
     p.add_argument("--repeat", type=int, default=3, help="rounds of every configuration")
     p.add_argument("--upload-concurrency", type=int, default=8)
-    p.add_argument("--twist", default=str(REPO / ".venv" / "bin" / "twist"))
-    p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    p.add_argument("--twist", default=TWIST)
+    add_output_options(p, None)
     return p.parse_args(argv)
 
 
@@ -454,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not modes or any(m not in MODES for m in modes):
         raise SystemExit(f"--modes: one or more of {', '.join(MODES)}")
     server_url = postgres_url()
-    with workdir(args) as root, new_database(server_url) as db_url:
+    with workdir(args.workdir, args.keep) as root, new_database(server_url) as db_url:
         config = write_config(root / "index", db_url, password_hashes())
         scratch = root / "wrk"
         scratch.mkdir()
@@ -474,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["summary"] = summary(results)
         report(results)
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+            write_json(args.json, results)
     return 0
 
 

@@ -23,6 +23,10 @@ What it does, for each server in turn (never both at once, so they do not compet
 It prints a table and checks the targets; ``--json FILE`` also writes every figure.
 Only 127.0.0.1 is contacted; every loop and wait is bounded.  pypicloud needs its own venv:
 ``bash bench/setup_pypicloud.sh`` (``--pypicloud-venv`` to point elsewhere).
+
+The other scripts in ``bench/`` take their shared parts from here: the corpus, starting and
+stopping a server, uploads, ``wrk``, CPU readings from ``/proc``, the services of
+``tests/services.sh``, machine details, the common options, tables and the JSON file.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -47,9 +52,10 @@ import threading
 import time
 import urllib.parse
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -73,6 +79,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
+TWIST = str(REPO / ".venv" / "bin" / "twist")
 DOWNLOAD_FILES = 300
 #: Targets from the issue.
 SPEEDUP_TARGET = 10.0
@@ -167,16 +174,175 @@ def build_big_wheel(root: Path, megabytes: int) -> tuple[str, Path]:
     return filename, path
 
 
+# -- processes and services on this machine ----------------------------------------------
+
+
+def proc_stat(pid: int | str) -> list[str]:
+    """``/proc/PID/stat`` from field 3 (state) on: the command name may hold spaces."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """``utime + stime`` of ``pid`` in seconds."""
+    fields = proc_stat(pid)
+    # utime and stime are fields 14 and 15 of stat; fields[0] here is field 3 (state).
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def terminate(procs: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM every process still running (after a SIGCONT, in case it was stopped), then
+    wait for each, killing one that is still there after ``timeout`` seconds."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+def services_env(names: Sequence[str]) -> dict[str, str]:
+    """The variables ``bash tests/services.sh env NAMES`` exports (for those of the services
+    that run); empty when the script cannot be run."""
+    try:
+        out = subprocess.run(
+            ["bash", str(REPO / "tests" / "services.sh"), "env", *names],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    exported: dict[str, str] = {}
+    for line in out.splitlines():
+        words = shlex.split(line)
+        if words[:1] == ["export"]:
+            for word in words[1:]:
+                key, equals, value = word.partition("=")
+                if equals:
+                    exported[key] = value
+    return exported
+
+
+def service_settings(variables: Sequence[str], services: Sequence[str]) -> dict[str, str]:
+    """Each of ``variables`` from the environment, else from what ``tests/services.sh env``
+    exports for ``services`` (asked only when one is missing); one found in neither is left
+    out."""
+    found = {v: os.environ[v] for v in variables if os.environ.get(v)}
+    if len(found) < len(variables):
+        exported = services_env(services)
+        found.update({v: exported[v] for v in variables if v not in found and exported.get(v)})
+    return found
+
+
+def recorded_pid(service: str) -> int | None:
+    """The pid ``tests/services.sh`` recorded for ``service``, if that process runs."""
+    run = Path(os.environ.get("PPC_SERVICES_DIR", "/tmp/pypicloud-tx-services")) / "run"
+    try:
+        pid = int((run / f"{service}.pid").read_text().split()[0])
+        proc_stat(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+@contextlib.contextmanager
+def postgres_admin(url: str, timeout: float = 10) -> Iterator[Any]:
+    """An autocommit connection to the database of ``url`` (``postgres`` when it names
+    none), to create and drop the benchmark's own databases."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    params: dict[str, Any] = {
+        "host": u.host or "127.0.0.1",
+        "port": u.port or 5432,
+        "user": u.username,
+        "dbname": u.database or "postgres",
+        "connect_timeout": timeout,
+    }
+    if u.password:
+        params["password"] = u.password
+    with psycopg.connect(**params, autocommit=True) as conn:
+        yield conn
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def git_describe() -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def head_commit() -> str:
+    """The checked-out commit, read from ``.git`` rather than by running git."""
+    git = REPO / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head[:12]
+        ref = head[5:]
+        if (git / ref).exists():
+            return (git / ref).read_text().strip()[:12]
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0][:12]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def machine(commit: str | None = None) -> dict[str, str]:
+    """This machine and the code measured; ``commit`` defaults to ``git describe``'s."""
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    return {
+        "commit": git_describe() if commit is None else commit,
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu_model(),
+        "memory_gib": f"{int(mem) / 2**20:.1f}",
+        "python": sys.version.split()[0],
+    }
+
+
 # -- servers -----------------------------------------------------------------------------
 
 
 @dataclass
 class Server:
+    """One server process: started on demand, ready once ``ready_path`` answers 200."""
+
     label: str
     argv: list[str]
     port: int
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: Polled every ``probe_interval`` seconds, for at most ``start_timeout`` seconds.
+    ready_path: str = "/simple/"
+    probe_interval: float = 0.2
+    start_timeout: float = START_TIMEOUT
+    #: Seconds from starting the process until ``ready_path`` answered.
+    ready_seconds: float = 0.0
+    #: Another process's CPU seconds (a cache service, the S3 server), read on every
+    #: :meth:`cpu_seconds` into ``companion_readings``: ``wrk`` and ``upload_corpus`` read the
+    #: server's CPU once before and once after their measured part, so the last two readings
+    #: give the companion's CPU for that very part (see :func:`companion_figures`).
+    companion_cpu: Callable[[], float] | None = None
+    companion_readings: list[float] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -185,41 +351,43 @@ class Server:
         return self.proc.pid
 
     def start(self) -> None:
-        logfile = open(self.workdir / "server.log", "wb")  # noqa: SIM115 - closed with proc
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env={**os.environ, **self.env},
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
+        t0 = time.monotonic()
+        with open(self.workdir / "server.log", "ab") as logfile:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        deadline = t0 + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{self.label} exited at start; see {self.workdir}/server.log")
             with contextlib.suppress(OSError):
-                status, _, _ = request(self.port, "GET", "/simple/", timeout=5)
+                status, _, _ = request(self.port, "GET", self.ready_path, timeout=5)
                 if status == 200:
+                    self.ready_seconds = time.monotonic() - t0
                     return
-            time.sleep(0.2)
+            time.sleep(self.probe_interval)
         self.stop()
-        raise SystemExit(f"{self.label} did not answer within {START_TIMEOUT}s")
+        raise SystemExit(
+            f"{self.label} did not answer {self.ready_path} within {self.start_timeout}s"
+        )
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
+        if self.proc is not None:
+            terminate([self.proc], STOP_TIMEOUT)
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # utime and stime are fields 14 and 15 of stat; fields[0] here is field 3 (state).
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        """The server's CPU seconds (and a reading of the companion's, if any)."""
+        if self.companion_cpu is not None:
+            try:
+                self.companion_readings.append(self.companion_cpu())
+            except (OSError, ValueError, IndexError):
+                self.companion_cpu = None
+        return process_cpu_seconds(self.pid)
 
     def status_kb(self, key: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -236,6 +404,20 @@ class Server:
             return True
         except OSError:
             return False
+
+
+def companion_figures(
+    server: Server, key: str, run: Callable[[], Mapping[str, Any]]
+) -> dict[str, Any]:
+    """``run()``'s figures, plus under ``key`` the companion's CPU milliseconds per request
+    (or per file) during its measured part, when there were two readings of it."""
+    mark = len(server.companion_readings)
+    figures = dict(run())
+    readings = server.companion_readings[mark:]
+    if len(readings) == 2:
+        count = figures.get("requests") or figures.get("files") or 1
+        figures[key] = (readings[1] - readings[0]) * 1000 / count
+    return figures
 
 
 def request(
@@ -255,39 +437,72 @@ def request(
         conn.close()
 
 
-def our_server(root: Path, twist: str, password_hashes: dict[str, str], max_mb: int) -> Server:
-    workdir = root / "pypicloud-tx"
-    (workdir / "packages").mkdir(parents=True)
+def twist_argv(twist: str, config: Path, listen: str) -> list[str]:
+    return [twist, "--log-format=text", "pypicloud", "--config", str(config), "--listen", listen]
+
+
+def twist_server(label: str, twist: str, config: Path, **options: Any) -> Server:
+    """``twist pypicloud --config CONFIG`` on a free 127.0.0.1 port, in the config's folder;
+    ``options`` are :class:`Server`'s (``ready_path``, ``start_timeout``...)."""
     port = free_port()
+    return Server(
+        label,
+        twist_argv(twist, config, f"tcp:port={port}:interface=127.0.0.1"),
+        port,
+        config.parent,
+        env={"TMPDIR": str(config.parent)},
+        **options,
+    )
+
+
+#: The storage lines of :func:`server_config`: files in a folder beside the configuration.
+FILE_STORAGE_LINES = "pypi.storage = file\nstorage.dir = %(here)s/packages\n"
+
+
+def server_config(
+    password_hashes: dict[str, str],
+    db_url: str = "sqlite:///%(here)s/db.sqlite",
+    storage_lines: str = FILE_STORAGE_LINES,
+    extra_lines: str = "",
+) -> str:
+    """pypicloud-tx's benchmark configuration: an SQL cache at ``db_url`` (as configparser
+    reads it: a literal ``%`` doubled), users in the file, anonymous reads; then
+    ``extra_lines``."""
     users = "\n".join(f"user.{u} = {h}" for u, h in password_hashes.items())
-    (workdir / "server.conf").write_text(f"""\
+    return f"""\
 [pypicloud]
-pypi.storage = file
-storage.dir = %(here)s/packages
-pypi.db = sql
-db.url = sqlite:///%(here)s/db.sqlite
+{storage_lines}pypi.db = sql
+db.url = {db_url}
 pypi.auth = config
 pypi.default_read = everyone
 pypi.default_write = authenticated
 auth.admins = {USER}
 {users}
-pypi.max_upload_size = {max_mb + 64}MB
-""")
-    return Server(
-        "pypicloud-tx",
-        [
-            twist,
-            "--log-format=text",
-            "pypicloud",
-            "--config",
-            str(workdir / "server.conf"),
-            "--listen",
-            f"tcp:port={port}:interface=127.0.0.1",
-        ],
-        port,
-        workdir,
-        env={"TMPDIR": str(workdir)},
+{extra_lines}"""
+
+
+def our_server(
+    root: Path,
+    twist: str,
+    password_hashes: dict[str, str],
+    max_mb: int,
+    label: str = "pypicloud-tx",
+    storage_lines: str = FILE_STORAGE_LINES,
+    extra_lines: str = "",
+) -> Server:
+    """pypicloud-tx in ``root/pypicloud-tx`` with :func:`server_config` and SQLite, taking
+    uploads of ``max_mb`` MiB (plus the form around them)."""
+    workdir = root / "pypicloud-tx"
+    (workdir / "packages").mkdir(parents=True)
+    config = workdir / "server.conf"
+    config.write_text(
+        server_config(
+            password_hashes,
+            storage_lines=storage_lines,
+            extra_lines=f"pypi.max_upload_size = {max_mb + 64}MB\n{extra_lines}",
+        )
     )
+    return twist_server(label, twist, config)
 
 
 def reference_server(
@@ -515,7 +730,10 @@ def wrk(
     connections: int,
     warmup: float,
     scratch: Path,
+    expect_status: int = 200,
 ) -> dict[str, float]:
+    """Request every path once (each must answer ``expect_status``), run wrk for ``warmup``
+    seconds, then for ``duration`` seconds, reading the server's CPU around the last run."""
     script = scratch / f"{name}.lua"
     script.write_text(
         WRK_SCRIPT
@@ -546,7 +764,7 @@ def wrk(
             raise SystemExit(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
         return json.loads(match.group(1))  # type: ignore[no-any-return]
 
-    touch_all(server, paths, headers)
+    touch_all(server, paths, headers, expect_status)
     if warmup > 0:
         run(warmup)
     load_before = os.getloadavg()[0]
@@ -571,15 +789,21 @@ def wrk(
     }
 
 
-def touch_all(server: Server, paths: Sequence[str], headers: dict[str, str]) -> None:
-    """Request every path once, so the measured run sees only warm (cached) pages."""
+def touch_all(
+    server: Server, paths: Sequence[str], headers: dict[str, str], expect_status: int = 200
+) -> None:
+    """Request every path once, so the measured run sees only warm (cached) pages; stop on
+    any status but ``expect_status`` (a redirect must also say where to)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     try:
         for path in paths:
             conn.request("GET", path, headers=headers)
             response = conn.getresponse()
             response.read()
-            if response.status != 200:
+            redirect = 300 <= expect_status < 400
+            if response.status != expect_status or (
+                redirect and not response.getheader("Location")
+            ):
                 raise SystemExit(f"{server.label}: {path} answered {response.status}")
     finally:
         conn.close()
@@ -692,26 +916,31 @@ def bench_server(
     return results
 
 
+def add_wrk_options(p: argparse.ArgumentParser) -> None:
+    """``--duration``, ``--warmup`` and ``--connections``: how :func:`wrk` runs."""
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per wrk run")
+    p.add_argument("--connections", type=int, default=16)
+
+
+def add_output_options(p: argparse.ArgumentParser, workdir_help: str | None) -> None:
+    """``--workdir`` and ``--keep`` (for :func:`workdir`), and ``--json``."""
+    p.add_argument("--workdir", type=Path, default=None, help=workdir_help)
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--json", type=Path, default=None, help="also write every figure here")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--projects", type=int, default=1000)
     p.add_argument("--versions", type=int, default=3, help="versions per project (wheel+sdist)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per wrk run")
-    p.add_argument("--connections", type=int, default=16)
+    add_wrk_options(p)
     p.add_argument("--upload-concurrency", type=int, default=8)
     p.add_argument("--big-upload-mb", type=int, default=1024, help="0 skips the big upload")
     p.add_argument("--skip-pypicloud", action="store_true")
     p.add_argument("--pypicloud-venv", type=Path, default=HERE / ".pypicloud-venv")
-    p.add_argument("--twist", default=str(REPO / ".venv" / "bin" / "twist"))
-    p.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="where to put corpus and server data (default: a new temp dir, removed)",
-    )
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    p.add_argument("--twist", default=TWIST)
+    add_output_options(p, "where to put corpus and server data (default: a new temp dir, removed)")
     return p.parse_args(argv)
 
 
@@ -725,31 +954,41 @@ def password_hashes() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def workdir(args: argparse.Namespace) -> Iterator[Path]:
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=False)
-        yield args.workdir
+def workdir(path: Path | None, keep: bool, prefix: str = "ppc-bench-") -> Iterator[Path]:
+    """``path`` (made now, and kept), else a new temporary folder, removed afterwards unless
+    ``keep``."""
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=False)
+        yield path
         return
-    root = Path(tempfile.mkdtemp(prefix="ppc-bench-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield root
     finally:
-        if args.keep:
+        if keep:
             log(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def require_wrk() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
+
+
+def write_json(path: Path, results: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    require_wrk()
     if not args.skip_pypicloud and not (args.pypicloud_venv / "bin" / "pserve").exists():
         raise SystemExit(
             f"no pypicloud venv at {args.pypicloud_venv}: "
             "bash bench/setup_pypicloud.sh (or --skip-pypicloud)"
         )
-    with workdir(args) as root:
+    with workdir(args.workdir, args.keep) as root:
         t0 = time.monotonic()
         dists = build_corpus(root / "corpus", args.projects, args.versions)
         names = [project_name(i) for i in range(args.projects)]
@@ -780,36 +1019,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["pypicloud"] = bench_server(ref, dists, names, big, args, scratch)
         report(results)
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+            write_json(args.json, results)
     return 0
 
 
-def machine() -> dict[str, str]:
-    cpu = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return {
-        "commit": commit,
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "memory_gib": f"{int(mem) / 2**20:.1f}",
-        "python": sys.version.split()[0],
-    }
-
-
 # -- the report --------------------------------------------------------------------------
+
+
+def dig(r: Any, *keys: str) -> Any:
+    """``r[k1][k2]...``, or ``None`` where a level is missing."""
+    for k in keys:
+        if not isinstance(r, dict) or k not in r:
+            return None
+        r = r[k]
+    return r
+
+
+def cell(value: Any, fmt: str) -> str:
+    """``value`` formatted, or ``-`` when there is no figure."""
+    return fmt.format(value) if isinstance(value, int | float) else "-"
+
+
+def figure_row(title: str, columns: Sequence[Any], keys: Sequence[str], fmt: str) -> list[str]:
+    """A table row: ``title``, then the figure at ``keys`` in each column's results."""
+    return [title, *(cell(dig(column, *keys), fmt) for column in columns)]
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header))]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        cells = [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        print(" | ".join([r[0].ljust(widths[0]), *cells]))
+
+
+#: The wrk runs in the report, by key.
+REPORTED_RUNS = [
+    ("index_html", "/simple/"),
+    ("project_html", "/simple/<name>/ HTML"),
+    ("project_json", "/simple/<name>/ JSON"),
+    ("project_html_auth", "/simple/<name>/ HTML + Basic auth"),
+    ("download", "file download"),
+]
 
 
 def report(results: dict[str, object]) -> None:
@@ -825,119 +1078,39 @@ def report(results: dict[str, object]) -> None:
         "(client and server share the machine)\n"
     )
     cols = ["pypicloud-tx", "pypicloud 1.3.12", "ratio"] if ref else ["pypicloud-tx"]
-    rows: list[list[str]] = []
-
-    def row(title: str, a: float | None, b: float | None, fmt: str, ratio: bool = True) -> None:
-        cells = [title, fmt.format(a) if a is not None else "-"]
-        if ref:
-            cells.append(fmt.format(b) if b is not None else "-")
-            cells.append(f"{a / b:.1f}x" if ratio and a and b else "")
-        rows.append(cells)
-
-    def get(r: object, *keys: str) -> float | None:
-        for k in keys:
-            if not isinstance(r, dict) or k not in r:
-                return None
-            r = r[k]
-        return r  # type: ignore[return-value]
-
-    for key, title in [
-        ("index_html", "/simple/"),
-        ("project_html", "/simple/<name>/ HTML"),
-        ("project_json", "/simple/<name>/ JSON"),
-        ("project_html_auth", "/simple/<name>/ HTML + Basic auth"),
-        ("download", "file download"),
-    ]:
-        row(f"{title}: req/s", get(ours, "wrk", key, "rps"), get(ref, "wrk", key, "rps"), "{:,.0f}")
-        row(
-            f"{title}: p99 ms",
-            get(ours, "wrk", key, "p99_ms"),
-            get(ref, "wrk", key, "p99_ms"),
-            "{:.2f}",
-            ratio=False,
-        )
-        row(
-            f"{title}: errors",
-            get(ours, "wrk", key, "errors"),
-            get(ref, "wrk", key, "errors"),
+    # (row title, where the figure is, its format, whether to show ours / theirs)
+    spec: list[tuple[str, tuple[str, ...], str, bool]] = []
+    for key, title in REPORTED_RUNS:
+        spec += [
+            (f"{title}: req/s", ("wrk", key, "rps"), "{:,.0f}", True),
+            (f"{title}: p99 ms", ("wrk", key, "p99_ms"), "{:.2f}", False),
+            (f"{title}: errors", ("wrk", key, "errors"), "{:.0f}", False),
+            (f"{title}: server CPU ms/req", ("wrk", key, "cpu_ms_per_request"), "{:.3f}", False),
+        ]
+    spec += [
+        ("corpus upload: files/s", ("upload", "files_per_s"), "{:.1f}", True),
+        ("corpus upload: MB/s", ("upload", "mb_per_s"), "{:.2f}", True),
+        ("corpus upload: failures (first try)", ("upload", "failed"), "{:.0f}", False),
+        ("corpus upload: server CPU ms/file", ("upload", "cpu_ms_per_file"), "{:.1f}", False),
+        ("big upload: status", ("big_upload", "status"), "{:.0f}", False),
+        ("big upload: MB/s", ("big_upload", "mb_per_s"), "{:.1f}", True),
+        ("big upload: peak RSS MB (VmHWM)", ("big_upload", "peak_rss_hwm_mb"), "{:.0f}", False),
+        (
+            "big upload: peak RSS MB (sampled)",
+            ("big_upload", "peak_rss_sampled_mb"),
             "{:.0f}",
-            ratio=False,
-        )
-        row(
-            f"{title}: server CPU ms/req",
-            get(ours, "wrk", key, "cpu_ms_per_request"),
-            get(ref, "wrk", key, "cpu_ms_per_request"),
-            "{:.3f}",
-            ratio=False,
-        )
-    row(
-        "corpus upload: files/s",
-        get(ours, "upload", "files_per_s"),
-        get(ref, "upload", "files_per_s"),
-        "{:.1f}",
-    )
-    row(
-        "corpus upload: MB/s",
-        get(ours, "upload", "mb_per_s"),
-        get(ref, "upload", "mb_per_s"),
-        "{:.2f}",
-    )
-    row(
-        "corpus upload: failures (first try)",
-        get(ours, "upload", "failed"),
-        get(ref, "upload", "failed"),
-        "{:.0f}",
-        ratio=False,
-    )
-    row(
-        "corpus upload: server CPU ms/file",
-        get(ours, "upload", "cpu_ms_per_file"),
-        get(ref, "upload", "cpu_ms_per_file"),
-        "{:.1f}",
-        ratio=False,
-    )
-    row(
-        "big upload: status",
-        get(ours, "big_upload", "status"),
-        get(ref, "big_upload", "status"),
-        "{:.0f}",
-        ratio=False,
-    )
-    row(
-        "big upload: MB/s",
-        get(ours, "big_upload", "mb_per_s"),
-        get(ref, "big_upload", "mb_per_s"),
-        "{:.1f}",
-    )
-    row(
-        "big upload: peak RSS MB (VmHWM)",
-        get(ours, "big_upload", "peak_rss_hwm_mb"),
-        get(ref, "big_upload", "peak_rss_hwm_mb"),
-        "{:.0f}",
-        ratio=False,
-    )
-    row(
-        "big upload: peak RSS MB (sampled)",
-        get(ours, "big_upload", "peak_rss_sampled_mb"),
-        get(ref, "big_upload", "peak_rss_sampled_mb"),
-        "{:.0f}",
-        ratio=False,
-    )
-    row(
-        "RSS after corpus + load, MB",
-        get(ours, "rss_after_load_mb"),
-        get(ref, "rss_after_load_mb"),
-        "{:.0f}",
-        ratio=False,
-    )
-
-    header = ["", *cols]
-    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header))]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for r in rows:
-        cells = [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        print(" | ".join([r[0].ljust(widths[0]), *cells]))
+            False,
+        ),
+        ("RSS after corpus + load, MB", ("rss_after_load_mb",), "{:.0f}", False),
+    ]
+    rows: list[list[str]] = []
+    for title, keys, fmt, ratio in spec:
+        a, b = dig(ours, *keys), dig(ref, *keys)
+        cells = [title, cell(a, fmt)]
+        if ref:
+            cells += [cell(b, fmt), f"{a / b:.1f}x" if ratio and a and b else ""]
+        rows.append(cells)
+    print_table(["", *cols], rows)
 
     print(
         "\nreq/s is what one wrk thread got from a server sharing 2 cores with it; other "
@@ -945,19 +1118,19 @@ def report(results: dict[str, object]) -> None:
         "is the steadier figure."
     )
     print("\ntargets:")
-    for line in targets(ours, ref, get):
+    for line in targets(ours, ref):
         print("  " + line)
 
 
-def targets(ours: dict, ref: object, get) -> list[str]:  # type: ignore[no-untyped-def,type-arg]
+def targets(ours: dict[str, Any], ref: object) -> list[str]:
     lines = []
     for key, title in [
         ("project_html", "/simple/<name>/ HTML"),
         ("project_json", "/simple/<name>/ JSON"),
         ("index_html", "/simple/"),
     ]:
-        a, errs = get(ours, "wrk", key, "rps"), get(ours, "wrk", key, "errors")
-        b = get(ref, "wrk", key, "rps")
+        a, errs = dig(ours, "wrk", key, "rps"), dig(ours, "wrk", key, "errors")
+        b = dig(ref, "wrk", key, "rps")
         if b:
             ok = a / b >= SPEEDUP_TARGET and not errs
             lines.append(
@@ -965,15 +1138,15 @@ def targets(ours: dict, ref: object, get) -> list[str]:  # type: ignore[no-untyp
                 f"(target >= {SPEEDUP_TARGET:.0f}x), {errs:.0f} errors"
             )
     for key, title in [("project_html", "HTML"), ("project_json", "JSON")]:
-        cpu = get(ours, "wrk", key, "cpu_ms_per_request")
+        cpu = dig(ours, "wrk", key, "cpu_ms_per_request")
         ok = cpu <= CPU_PER_PAGE_TARGET_MS
         lines.append(
             f"{'MET ' if ok else 'MISS'} server CPU per project page ({title}): "
             f"{cpu:.3f} ms (target <= {CPU_PER_PAGE_TARGET_MS} ms)"
         )
     anon, cred = (
-        get(ours, "wrk", "project_html", "rps"),
-        get(ours, "wrk", "project_html_auth", "rps"),
+        dig(ours, "wrk", "project_html", "rps"),
+        dig(ours, "wrk", "project_html_auth", "rps"),
     )
     ok = cred >= anon * (1 - CREDENTIALED_TOLERANCE)
     lines.append(

@@ -41,22 +41,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import http.client
-import json
 import os
 import re
 import secrets
-import shlex
-import shutil
-import subprocess
 import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,20 +60,33 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-import bench.run as base  # noqa: E402
 from bench.run import (  # noqa: E402
+    FILE_STORAGE_LINES,
+    TWIST,
     Dist,
     Server,
+    add_output_options,
+    add_wrk_options,
     build_big_wheel,
     build_corpus,
+    cell,
+    companion_figures,
+    dig,
+    figure_row,
     log,
     machine,
     our_server,
     password_hashes,
+    print_table,
+    process_cpu_seconds,
+    recorded_pid,
     request,
+    require_wrk,
+    service_settings,
     upload_big,
     upload_corpus,
     workdir,
+    write_json,
     wrk,
 )
 from tests.distfactory import make_wheel  # noqa: E402
@@ -88,12 +96,12 @@ T = TypeVar("T")
 
 S3_VARIABLES = ("PPC_TEST_S3_URL", "PPC_TEST_S3_ACCESS_KEY", "PPC_TEST_S3_SECRET_KEY")
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
-#: What ``bench/run.py``'s ``our_server`` writes for its storage; replaced for S3.
-FILE_STORAGE_LINES = "pypi.storage = file\nstorage.dir = %(here)s/packages\n"
 SUMMARY = "Storage benchmark project"
 SMALL = "small"
 #: Seconds between the end of one ``/ping`` probe and the next.
 PROBE_INTERVAL = 0.05
+#: The figure of the S3 server's CPU per request (or per uploaded file).
+S3_CPU = "s3_cpu_ms_per_request"
 #: The three ways a download is served, the columns of the download table.
 MODES = (
     ("file", "file storage (streamed)"),
@@ -137,23 +145,7 @@ class S3Service:
 
 def find_s3(pid: int | None) -> S3Service:
     """The S3 server from the environment, else from ``tests/services.sh env seaweedfs``."""
-    found = {k: os.environ[k] for k in S3_VARIABLES if os.environ.get(k)}
-    if len(found) < len(S3_VARIABLES):
-        try:
-            out = subprocess.run(
-                ["bash", str(REPO / "tests" / "services.sh"), "env", "seaweedfs"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            out = ""
-        for line in out.splitlines():
-            words = shlex.split(line)
-            if words[:1] == ["export"]:
-                for word in words[1:]:
-                    key, _, value = word.partition("=")
-                    found.setdefault(key, value)
+    found = service_settings(S3_VARIABLES, ["seaweedfs"])
     missing = [k for k in S3_VARIABLES if not found.get(k)]
     if missing:
         raise SystemExit(
@@ -169,45 +161,20 @@ def find_s3(pid: int | None) -> S3Service:
 
 def seaweed_pid(url: str) -> int | None:
     """The SeaweedFS process ``tests/services.sh`` started for ``url``, if it is running."""
-    services = Path(os.environ.get("PPC_SERVICES_DIR", "/tmp/pypicloud-tx-services"))
+    pid = recorded_pid("seaweedfs")
+    if pid is None:
+        return None
     port = urllib.parse.urlsplit(url).port
     try:
-        pid = int((services / "run" / "seaweedfs.pid").read_text().split()[0])
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return None
     if any(a.endswith(b"weed") for a in argv[:1]) and f"-s3.port={port}".encode() in argv:
         return pid
     return None
 
 
-def process_cpu(pid: int) -> float:
-    """``utime + stime`` of ``pid`` in seconds (as ``Server.cpu_seconds`` reads it)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / base.CLK_TCK
-
-
 # -- servers -----------------------------------------------------------------------------
-
-
-@dataclass
-class MeteredServer(Server):
-    """A server whose CPU readings also read the S3 server's CPU, so a figure that
-    ``bench/run.py``'s ``wrk`` or ``upload_corpus`` takes around its measured part comes with
-    the S3 server's CPU for that very part (each reads ``cpu_seconds`` once before, once
-    after)."""
-
-    companion: int | None = None
-    companion_readings: list[float] = field(default_factory=list)
-
-    def cpu_seconds(self) -> float:
-        own = super().cpu_seconds()
-        if self.companion is not None:
-            try:
-                self.companion_readings.append(process_cpu(self.companion))
-            except OSError:
-                self.companion = None
-        return own
 
 
 def storage_server(
@@ -216,65 +183,26 @@ def storage_server(
     twist: str,
     hashes: dict[str, str],
     max_mb: int,
-    storage_lines: str | None = None,
+    storage_lines: str = FILE_STORAGE_LINES,
     extra_lines: str = "",
     companion: int | None = None,
-) -> MeteredServer:
-    """``bench/run.py``'s server and configuration in ``root``, with other storage lines."""
-    plain = our_server(root, twist, hashes, max_mb)
-    config = plain.workdir / "server.conf"
-    text = config.read_text()
-    if storage_lines is not None:
-        if FILE_STORAGE_LINES not in text:
-            raise SystemExit(
-                "bench/run.py's our_server() no longer writes "
-                f"{FILE_STORAGE_LINES!r}: update bench/storage.py"
-            )
-        text = text.replace(FILE_STORAGE_LINES, storage_lines)
-    config.write_text(text + extra_lines)
-    values = {f.name: getattr(plain, f.name) for f in dataclasses.fields(Server)}
-    return MeteredServer(**{**values, "label": label}, companion=companion)
-
-
-def measured(server: MeteredServer, run: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
-    """``run()``'s figures, plus the S3 server's CPU during its measured part."""
-    mark = len(server.companion_readings)
-    figures = dict(run())
-    readings = server.companion_readings[mark:]
-    if len(readings) == 2:
-        s3_cpu = readings[1] - readings[0]
-        count = figures.get("requests") or figures.get("files") or 1
-        figures["s3_cpu_ms_per_request"] = s3_cpu * 1000 / count
-    return figures
-
-
-@contextlib.contextmanager
-def redirects_accepted() -> Iterator[None]:
-    """Let ``bench/run.py``'s ``wrk`` warm up on paths that answer 302.
-
-    Its warm-up (``touch_all``) requests every path once and stops the run on any status but
-    200; a download in redirect mode answers 302, so for the span of this context that one
-    helper is replaced by one that expects a 302 with a ``Location``.
-    """
-
-    def touch_redirects(server: Server, paths: Sequence[str], headers: dict[str, str]) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        try:
-            for path in paths:
-                conn.request("GET", path, headers=headers)
-                response = conn.getresponse()
-                response.read()
-                if response.status != 302 or not response.getheader("Location"):
-                    raise SystemExit(f"{server.label}: {path} answered {response.status}")
-        finally:
-            conn.close()
-
-    original = base.touch_all
-    base.touch_all = touch_redirects
-    try:
-        yield
-    finally:
-        base.touch_all = original
+) -> Server:
+    """``bench/run.py``'s server and configuration in ``root``, with other storage lines;
+    each reading of its CPU also reads the S3 server's (``companion``), so a figure that
+    ``wrk`` or ``upload_corpus`` takes around its measured part comes with the S3 server's
+    CPU for that very part (see ``companion_figures``)."""
+    server = our_server(
+        root,
+        twist,
+        hashes,
+        max_mb,
+        label=label,
+        storage_lines=storage_lines,
+        extra_lines=extra_lines,
+    )
+    if companion is not None:
+        server.companion_cpu = functools.partial(process_cpu_seconds, companion)
+    return server
 
 
 @dataclass
@@ -419,7 +347,7 @@ def check_download(server: Server, dist: Dist, redirect: bool) -> dict[str, Any]
 
 
 def bench_server(
-    server: MeteredServer,
+    server: Server,
     mode: str,
     classes: dict[str, list[Dist]],
     big: tuple[str, Path] | None,
@@ -446,8 +374,10 @@ def bench_server(
             results["upload"] = {}
             for key, dists in classes.items():
                 log(f"{server.label}: uploading {len(dists)} {key} files")
-                figures = measured(
-                    server, functools.partial(upload_corpus, server, dists, args.upload_concurrency)
+                figures = companion_figures(
+                    server,
+                    S3_CPU,
+                    functools.partial(upload_corpus, server, dists, args.upload_concurrency),
                 )
                 results["upload"][key] = figures
                 log(f"{server.label}: upload {key}: {figures}")
@@ -459,12 +389,10 @@ def bench_server(
             check = check_download(server, dists[0], redirect)
             log(f"{server.label}: download {key}: {check}")
             paths = [api_path(d) for d in dists]
-            with (
-                redirects_accepted() if redirect else contextlib.nullcontext(),
-                probing(server) as probe,
-            ):
-                figures = measured(
+            with probing(server) as probe:
+                figures = companion_figures(
                     server,
+                    S3_CPU,
                     functools.partial(
                         wrk,
                         server,
@@ -475,6 +403,8 @@ def bench_server(
                         args.connections,
                         args.warmup,
                         scratch,
+                        # A redirect answers 302 with a Location.
+                        expect_status=302 if redirect else 200,
                     ),
                 )
             figures.update(probe.figures())
@@ -504,11 +434,11 @@ def bench_server(
     return results
 
 
-def companion_cpu(server: MeteredServer) -> float | None:
-    if server.companion is None:
+def companion_cpu(server: Server) -> float | None:
+    if server.companion_cpu is None:
         return None
     with contextlib.suppress(OSError):
-        return process_cpu(server.companion)
+        return server.companion_cpu()
     return None
 
 
@@ -523,21 +453,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="download sizes, comma-separated (default 100KB,10MB)",
     )
     p.add_argument("--files-per-size", type=int, default=8)
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per wrk run")
-    p.add_argument("--connections", type=int, default=16)
+    add_wrk_options(p)
     p.add_argument("--upload-concurrency", type=int, default=8)
     p.add_argument("--big-upload-mb", type=int, default=1024, help="0 skips the big upload")
     p.add_argument("--s3-pid", type=int, default=None, help="the S3 server's pid (CPU figures)")
-    p.add_argument("--twist", default=str(REPO / ".venv" / "bin" / "twist"))
-    p.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="where to put files and server data (default: a new temp dir, removed)",
-    )
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    p.add_argument("--twist", default=TWIST)
+    add_output_options(p, "where to put files and server data (default: a new temp dir, removed)")
     args = p.parse_args(argv)
     if args.projects < 1 or args.versions < 1 or args.files_per_size < 1:
         p.error("--projects, --versions and --files-per-size must be at least 1")
@@ -546,8 +467,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    require_wrk()
     s3 = find_s3(args.s3_pid)
     client = raw_client(s3.client_options())
     try:
@@ -555,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         raise SystemExit(f"the S3 server at {s3.url} does not answer: {type(e).__name__}") from e
     max_mb = max([args.big_upload_mb, *(s // 2**20 + 1 for s in args.sizes)])
-    with workdir(args) as root:
+    with workdir(args.workdir, args.keep) as root:
         t0 = time.monotonic()
         classes = {SMALL: build_corpus(root / "corpus", args.projects, args.versions)}
         classes.update(build_sized(root / "sized", args.sizes, args.files_per_size))
@@ -624,32 +544,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["loadavg_end"] = os.getloadavg()
         report(results)
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+            write_json(args.json, results)
     return 0
 
 
 # -- the report --------------------------------------------------------------------------
-
-
-def get(r: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(r, dict) or k not in r:
-            return None
-        r = r[k]
-    return r
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [*rows, header]) for i in range(len(header))]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for r in rows:
-        cells = [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        print(" | ".join([r[0].ljust(widths[0]), *cells]))
-
-
-def cell(value: Any, fmt: str) -> str:
-    return fmt.format(value) if isinstance(value, int | float) else "-"
 
 
 def report(results: dict[str, Any]) -> None:
@@ -666,6 +565,8 @@ def report(results: dict[str, Any]) -> None:
     def title(key: str) -> str:
         return str(results["titles"][key])
 
+    downloads = [results.get(mode) for mode, _ in MODES]
+    uploads = [results.get(mode) for mode in ("file", "s3_redirect")]
     rows: list[list[str]] = []
     for key in counts:
         for figure, fmt, label in [
@@ -680,8 +581,7 @@ def report(results: dict[str, Any]) -> None:
             ("ping_p99_ms", "{:.0f}", "/ping alongside: p99 ms"),
         ]:
             rows.append(
-                [f"GET {title(key)}: {label}"]
-                + [cell(get(results, mode, "download", key, figure), fmt) for mode, _ in MODES]
+                figure_row(f"GET {title(key)}: {label}", downloads, ("download", key, figure), fmt)
             )
     print("downloads, GET /api/package/<name>/<file>:")
     print_table(["", *(t for _, t in MODES)], rows)
@@ -696,11 +596,12 @@ def report(results: dict[str, Any]) -> None:
             ("failed", "{:.0f}", "failures (first try)"),
         ]:
             rows.append(
-                [f"upload {title(key)}, {a['upload_concurrency']} at a time: {label}"]
-                + [
-                    cell(get(results, mode, "upload", key, figure), fmt)
-                    for mode in ("file", "s3_redirect")
-                ]
+                figure_row(
+                    f"upload {title(key)}, {a['upload_concurrency']} at a time: {label}",
+                    uploads,
+                    ("upload", key, figure),
+                    fmt,
+                )
             )
     big = f"upload one {a['big_upload_mb']} MiB wheel"
     big_figures = [
@@ -712,22 +613,15 @@ def report(results: dict[str, Any]) -> None:
         ("s3_cpu_seconds", "{:.1f}", "S3 server CPU s"),
     ]
     for figure, fmt, label in big_figures if a["big_upload_mb"] != "0" else []:
-        rows.append(
-            [f"{big}: {label}"]
-            + [
-                cell(get(results, mode, "big_upload", figure), fmt)
-                for mode in ("file", "s3_redirect")
-            ]
-        )
+        rows.append(figure_row(f"{big}: {label}", uploads, ("big_upload", figure), fmt))
     rows.append(
-        ["start-up until /simple/ answers, s"]
-        + [cell(get(results, mode, "start_seconds"), "{:.1f}") for mode in ("file", "s3_redirect")]
+        figure_row("start-up until /simple/ answers, s", uploads, ("start_seconds",), "{:.1f}")
     )
     print("\nuploads, POST / (twine's form):")
     print_table(["", "file storage", "S3 storage"], rows)
     print(
         f"\nS3 stream server start-up, filling an empty cache from the bucket: "
-        f"{cell(get(results, 's3_stream', 'start_seconds'), '{:.1f}')} s"
+        f"{cell(dig(results, 's3_stream', 'start_seconds'), '{:.1f}')} s"
     )
     print(
         "\nreq/s and MB/s are what one wrk thread got from a server sharing 2 cores with it, the "
