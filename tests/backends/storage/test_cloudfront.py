@@ -7,7 +7,6 @@ URL and its expiry, and the signature verified with the public key.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 from typing import Any
@@ -26,7 +25,7 @@ from pypicloud_tx.errors import ConfigError
 from pypicloud_tx.runtime import Runtime
 
 from .conformance import package_file
-from .test_s3 import FAST, new_bucket_name, raw_client, remove_bucket, seaweed
+from .test_s3 import FAST, S3Case
 
 DOMAIN = "https://d111111abcdef8.cloudfront.net"
 NOW = 1_700_000_000
@@ -193,25 +192,22 @@ class SignedURLTests(SynchronousTestCase):
             self.assertIs(resolve("pypi.storage", value)[1], CloudFrontS3Storage)
 
 
-class CloudFrontOnS3Tests(SynchronousTestCase):
+class CloudFrontOnS3Tests(S3Case):
     """The CloudFront storage keeps its files in S3 like the S3 storage (SeaweedFS)."""
+
+    def unstarted(self, runtime: Runtime | None = None, /, **options: str) -> CloudFrontS3Storage:
+        values = {**self.server, **FAST, "cloud_front_domain": DOMAIN, **options}
+        return CloudFrontS3Storage.from_config(
+            parse_options(CloudFrontOptions, "storage", values), runtime or Runtime.synchronous()
+        )
 
     def test_store_and_read(self) -> None:
         """put(), list(), open() and delete() go to the bucket; only the URL is CloudFront's."""
-        server = seaweed()
-        client = raw_client(server)
-        bucket = new_bucket_name()
-        storage = build({**server, **FAST, "bucket": bucket, "cloud_front_domain": DOMAIN})
-        self.addCleanup(remove_bucket, client, bucket)
-        self.successResultOf(storage.start())
-        self.addCleanup(lambda: self.successResultOf(storage.stop()))
-        file = package_file(b"through cloudfront")
-        self.successResultOf(storage.put(file, io.BytesIO(b"through cloudfront"), None, False))
+        storage = self.started()
+        file = self.store(storage, b"through cloudfront")
         self.assertEqual(self.successResultOf(storage.list()), [file])
-        stream = self.successResultOf(storage.open(file))
-        self.addCleanup(stream.close)
-        self.assertEqual(stream.read(), b"through cloudfront")
+        self.assertEqual(self.read(storage, file), b"through cloudfront")
         key = Layout("", True).key(file.name, file.filename)
         self.assertEqual(self.successResultOf(storage.download_url(file)), f"{DOMAIN}/{key}")
         self.successResultOf(storage.delete(file))
-        self.assertEqual(client.list_objects_v2(Bucket=bucket).get("Contents", []), [])
+        self.assertEqual(self.keys(storage), [])
