@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -27,11 +26,17 @@ from botocore.exceptions import (
     NoCredentialsError,
     NoRegionError,
     PartialCredentialsError,
-    ProfileNotFound,
 )
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from pypicloud_tx.backends._aws import (
+    AWSCredentialOptions,
+    check_key_pair,
+    error_code,
+    error_message,
+    session_client,
+)
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.backends.access._document import DocumentAccessBackend, DocumentOptions
 from pypicloud_tx.config.options import as_str, one_line, option
@@ -64,20 +69,13 @@ _DENIED = frozenset(
 
 
 @attrs.frozen(kw_only=True)
-class AWSSecretsManagerOptions(DocumentOptions):
-    """pypicloud's options for this backend, plus ``auth.endpoint_url``."""
+class AWSSecretsManagerOptions(AWSCredentialOptions, DocumentOptions):
+    """pypicloud's options for this backend (the credentials' are those of
+    :class:`~pypicloud_tx.backends._aws.AWSCredentialOptions`), plus ``auth.endpoint_url``."""
 
     secret_id: str = option(as_str, doc="Name or ARN of the secret holding the access document")
     region_name: str | None = option(
         as_str, default=None, doc="AWS region of the secret (else AWS_DEFAULT_REGION / profile)"
-    )
-    aws_access_key_id: str | None = option(as_str, default=None, doc="AWS access key id")
-    aws_secret_access_key: str | None = option(as_str, default=None, doc="AWS secret key")
-    aws_session_token: str | None = option(
-        as_str, default=None, doc="Session token for temporary credentials"
-    )
-    profile_name: str | None = option(
-        as_str, default=None, doc="Profile of the shared AWS credentials file"
     )
     kms_key_id: str | None = option(
         as_str, default=None, doc="KMS key (ARN or alias) that encrypts the secret"
@@ -92,31 +90,20 @@ def make_client(options: AWSSecretsManagerOptions, config: Config | None = None)
 
     :raises ConfigError: naming the option at fault (unknown profile, no region, half a key).
     """
-    if (options.aws_access_key_id is None) != (options.aws_secret_access_key is None):
-        raise ConfigError(
-            "auth.aws_access_key_id and auth.aws_secret_access_key must be given together"
-        )
+    check_key_pair(options, "auth")
     try:
-        session = boto3.session.Session(
-            aws_access_key_id=options.aws_access_key_id,
-            aws_secret_access_key=options.aws_secret_access_key,
-            aws_session_token=options.aws_session_token,
-            region_name=options.region_name,
-            profile_name=options.profile_name,
+        return session_client(
+            "secretsmanager",
+            "auth",
+            options,
+            options.region_name,
+            endpoint_url=options.endpoint_url,
+            config=config or CLIENT_CONFIG,
         )
-        return session.client(
-            "secretsmanager", endpoint_url=options.endpoint_url, config=config or CLIENT_CONFIG
-        )
-    except ProfileNotFound:
-        raise ConfigError(
-            f"auth.profile_name: there is no AWS profile named {options.profile_name!r}"
-        ) from None
     except NoRegionError:
         raise ConfigError(
             "auth.region_name: no AWS region is set (set auth.region_name, or AWS_DEFAULT_REGION)"
         ) from None
-    except ValueError as e:  # botocore refuses a malformed endpoint URL with a ValueError
-        raise ConfigError(f"auth.endpoint_url: {one_line(str(e))}") from None
 
 
 class AWSSecretsManagerAccessBackend(DocumentAccessBackend):
@@ -235,7 +222,7 @@ class AWSSecretsManagerAccessBackend(DocumentAccessBackend):
         try:
             response = self._client.get_secret_value(SecretId=self._secret_id)
         except ClientError as e:
-            if _code(e) == "ResourceNotFoundException":
+            if error_code(e) == "ResourceNotFoundException":
                 return None
             raise self._refused(e, "read") from None
         except BotoCoreError as e:
@@ -270,13 +257,13 @@ class AWSSecretsManagerAccessBackend(DocumentAccessBackend):
                 self._client.update_secret(SecretId=self._secret_id, SecretString=text, **extra)
                 return
             except ClientError as e:
-                if _code(e) != "ResourceNotFoundException":
+                if error_code(e) != "ResourceNotFoundException":
                     raise
             try:
                 self._client.create_secret(Name=self._secret_id, SecretString=text, **extra)
                 log.info("created the secret {secret_id}", secret_id=self._secret_id)
             except ClientError as e:
-                if _code(e) != "ResourceExistsException":
+                if error_code(e) != "ResourceExistsException":
                     raise
                 # Another process created it a moment ago: write over it, as it would.
                 self._client.update_secret(SecretId=self._secret_id, SecretString=text, **extra)
@@ -302,8 +289,8 @@ class AWSSecretsManagerAccessBackend(DocumentAccessBackend):
         )
 
     def _refused(self, error: ClientError, action: str) -> BackendUnavailable:
-        code = _code(error)
-        message = " ".join(str(error.response.get("Error", {}).get("Message", "")).split())
+        code = error_code(error)
+        message = " ".join(error_message(error).split())
         if code in _DENIED:
             hint = "check the credentials and the IAM policy"
         elif code == "InvalidRequestException":
@@ -315,7 +302,3 @@ class AWSSecretsManagerAccessBackend(DocumentAccessBackend):
         return BackendUnavailable(
             f"AWS Secrets Manager refused to {action} {self._source}: {code}: {message} ({hint})"
         )
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))

@@ -71,6 +71,7 @@ from pypicloud_tx.domain.names import (
 )
 from pypicloud_tx.errors import BackendUnavailable, Conflict, InvalidUpload, NotFound, PPCError
 from pypicloud_tx.interfaces import IStorage, Progress
+from pypicloud_tx.runtime import Runtime
 
 log = Logger()
 
@@ -91,6 +92,9 @@ CHUNK = 1024 * 1024
 #: Up to this size a read-back object is kept in memory, above it in a temp file.
 SPOOL_SIZE = 16 * 1024 * 1024
 DEFAULT_EXPIRE_AFTER = 60 * 60 * 24
+#: The thread pool every vendor call runs on, and its size.
+POOL_NAME = "storage"
+POOL_SIZE = 10
 
 # Our field -> the metadata key we write (dashed); pypicloud's underscored spelling is read too.
 _META_KEYS = {
@@ -436,14 +440,25 @@ def as_prefix(text: str) -> str:
     return value
 
 
-def as_positive_int(text: str) -> int:
+def _whole_number(text: str, least: int, what: str, too_small: str) -> int:
+    """``text`` as an integer of at least ``least``; the messages say ``what`` it should be,
+    and that it is ``too_small``."""
     try:
         value = int(text.strip())
     except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise ValueError(f"{text.strip()!r} must be more than zero")
+        raise ValueError(f"{text!r} is not {what}") from None
+    if value < least:
+        raise ValueError(f"{text.strip()!r} {too_small}")
     return value
+
+
+def as_positive_int(text: str) -> int:
+    return _whole_number(text, 1, "a whole number", "must be more than zero")
+
+
+def as_seconds(text: str) -> int:
+    """Seconds, zero included."""
+    return _whole_number(text, 0, "a whole number of seconds", "must not be negative")
 
 
 @attrs.frozen(kw_only=True)
@@ -477,6 +492,10 @@ class ObjectStorageOptions:
     public_url: bool = option(
         as_bool, default=False, doc="Redirect to unsigned public URLs (a public bucket)."
     )
+    connect_timeout: int = option(
+        as_positive_int, default=10, doc="Seconds to wait for a connection."
+    )
+    read_timeout: int = option(as_positive_int, default=60, doc="Seconds to wait for data.")
 
 
 # -- the shared storage -------------------------------------------------------------------------
@@ -568,6 +587,31 @@ class ObjectStorage:
 
     def _v_close(self) -> None:
         """Release connections."""
+
+    @staticmethod
+    def _missing(key: str) -> NotFound:
+        """What a vendor call raises for an absent ``key``."""
+        return NotFound(f"{key} is not in the bucket.")
+
+    def _refuse_taken(self, key: str) -> None:
+        """:class:`ObjectExists` if ``key`` is taken.  Not the decision for a conditional
+        upload (its final write is), but it spares streaming a large file that is doomed."""
+        if self._exists(key):
+            raise ObjectExists(key)
+
+    # -- building --------------------------------------------------------------------------------
+
+    @staticmethod
+    def option_arguments(options: ObjectStorageOptions, runtime: Runtime) -> dict[str, Any]:
+        """The constructor arguments every object store takes from its options the same way:
+        the key layout, the :data:`POOL_NAME` thread pool and the download URLs' settings."""
+        return {
+            "layout": Layout(options.prefix, options.prepend_hash),
+            "run": runtime.threads(POOL_NAME, POOL_SIZE),
+            "redirect_urls": options.redirect_urls,
+            "public_url": options.public_url,
+            "expire_after": options.expire_after,
+        }
 
     # -- running ---------------------------------------------------------------------------------
 

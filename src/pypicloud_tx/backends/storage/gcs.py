@@ -43,14 +43,14 @@ from twisted.logger import Logger
 
 from pypicloud_tx.backends.storage._objects import (
     LIST_CONCURRENCY,
+    POOL_SIZE,
     Body,
-    Layout,
     ObjectExists,
     ObjectInfo,
     ObjectStorage,
     ObjectStorageOptions,
     UploadReader,
-    as_positive_int,
+    as_seconds,
     unavailable,
 )
 from pypicloud_tx.config.options import (
@@ -61,7 +61,7 @@ from pypicloud_tx.config.options import (
     one_line,
     option,
 )
-from pypicloud_tx.errors import ConfigError, NotFound
+from pypicloud_tx.errors import ConfigError
 from pypicloud_tx.runtime import Runtime
 
 try:
@@ -81,8 +81,6 @@ except ModuleNotFoundError as e:  # the "gcs" extra is not installed
 
 log = Logger()
 
-POOL_NAME = "storage"
-POOL_SIZE = 10
 #: GCS's unit for resumable upload chunks (all but the last are a multiple of it).
 CHUNK_UNIT = 256 * 1024
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
@@ -125,16 +123,6 @@ def as_chunk_size(text: str) -> int:
     value = as_positive_size(text)
     if value % CHUNK_UNIT:
         raise ValueError(f"{text.strip()!r} is not a multiple of 256KB (GCS's chunk unit)")
-    return value
-
-
-def as_seconds(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number of seconds") from None
-    if value < 0:
-        raise ValueError(f"{text.strip()!r} must not be negative")
     return value
 
 
@@ -189,10 +177,6 @@ class GCSOptions(ObjectStorageOptions):
     gcp_api_endpoint: str | None = option(
         as_endpoint, default=None, doc="JSON API endpoint: an emulator or a private endpoint."
     )
-    connect_timeout: int = option(
-        as_positive_int, default=10, doc="Seconds to wait for a connection."
-    )
-    read_timeout: int = option(as_positive_int, default=60, doc="Seconds to wait for data.")
     retry_deadline: int = option(
         as_seconds, default=30, doc="Seconds a failing request is retried for (0: no retries)."
     )
@@ -396,11 +380,7 @@ class GoogleCloudStorage(ObjectStorage):
             else None
         )
         return cls(
-            layout=Layout(options.prefix, options.prepend_hash),
-            run=runtime.threads(POOL_NAME, POOL_SIZE),
-            redirect_urls=options.redirect_urls,
-            public_url=options.public_url,
-            expire_after=expire_after,
+            **{**cls.option_arguments(options, runtime), "expire_after": expire_after},
             # GCS always honours ifGenerationMatch=0: nothing to probe.
             conditional=True,
             client=client,
@@ -503,9 +483,6 @@ class GoogleCloudStorage(ObjectStorage):
         return isinstance(e, api_exceptions.NotFound) and (
             "bucket does not exist" not in str(e.message).lower()
         )
-
-    def _missing(self, key: str) -> NotFound:
-        return NotFound(f"{key} is not in the bucket.")
 
     # -- vendor calls ------------------------------------------------------------------------
 
@@ -644,10 +621,7 @@ class GoogleCloudStorage(ObjectStorage):
             reader.finish()
             return self._write(blob, data, if_absent)
         if if_absent:
-            # Not the decision (finalising the upload is), but spares sending a doomed file.
-            with contextlib.suppress(NotFound):
-                self._v_head(key)
-                raise ObjectExists(key)
+            self._refuse_taken(key)  # finalising the upload decides
         return self._resumable(blob, reader, if_absent)
 
     def _resumable(self, blob: Any, reader: UploadReader, if_absent: bool) -> str:

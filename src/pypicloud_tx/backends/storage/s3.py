@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import quote
 
 import attrs
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -33,7 +32,6 @@ from botocore.exceptions import (
     HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
-    ProfileNotFound,
 )
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
@@ -41,10 +39,16 @@ from botocore.exceptions import (
 from twisted.logger import Logger
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from pypicloud_tx.backends._aws import (
+    AWSCredentialOptions,
+    check_key_pair,
+    error_code,
+    error_message,
+    session_client,
+)
 from pypicloud_tx.backends.storage._objects import (
     Body,
     ConditionalUnsupported,
-    Layout,
     ObjectExists,
     ObjectInfo,
     ObjectStorage,
@@ -55,13 +59,11 @@ from pypicloud_tx.backends.storage._objects import (
     unavailable,
 )
 from pypicloud_tx.config.options import as_bool, as_positive_size, as_str, one_line, option
-from pypicloud_tx.errors import ConfigError, NotFound
+from pypicloud_tx.errors import ConfigError
 from pypicloud_tx.runtime import Runtime
 
 log = Logger()
 
-POOL_NAME = "storage"
-POOL_SIZE = 10
 #: S3's smallest part (except the last one).
 MIN_PART_SIZE = 5 * 1024**2
 DEFAULT_PART_SIZE = 8 * 1024**2
@@ -102,10 +104,8 @@ _WRONG_REGION = frozenset(
 #: same key is in progress, and it will win).
 _TAKEN = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
 _UNSUPPORTED = frozenset({"NotImplemented", "501"})
-
-
-def _code(e: ClientError) -> str:
-    return str(e.response.get("Error", {}).get("Code", ""))
+#: The answer to a read whose IfMatch names another version than the object's.
+_PRECONDITION_FAILED = frozenset({"PreconditionFailed", "412"})
 
 
 def _status(e: ClientError) -> int:
@@ -113,7 +113,22 @@ def _status(e: ClientError) -> int:
 
 
 def _is(e: ClientError, codes: frozenset[str]) -> bool:
-    return _code(e) in codes or str(_status(e)) in codes
+    return error_code(e) in codes or str(_status(e)) in codes
+
+
+@contextlib.contextmanager
+def _creating(key: str, if_absent: bool, probing: bool = False) -> Iterator[None]:
+    """A write of ``key``: with ``if_absent``, :class:`ObjectExists` when S3 refuses it because
+    the key is taken, and (when ``probing``) :class:`ConditionalUnsupported` when it refuses
+    the condition itself."""
+    try:
+        yield
+    except ClientError as e:
+        if if_absent and _is(e, _TAKEN):
+            raise ObjectExists(key) from None
+        if if_absent and probing and _is(e, _UNSUPPORTED):
+            raise ConditionalUnsupported(key) from None
+        raise
 
 
 def as_optional_str(text: str) -> str | None:
@@ -157,20 +172,13 @@ def as_conditional(text: str) -> bool | None:
 
 
 @attrs.frozen(kw_only=True)
-class S3Options(ObjectStorageOptions):
+class S3Options(AWSCredentialOptions, ObjectStorageOptions):
     """``storage.*`` options of the S3 storage: pypicloud's, passed to boto3 as pypicloud
     did, plus a few of ours (timeouts' defaults, retries, multipart sizes, conditional
-    writes)."""
+    writes).  The credentials' (boto3 session arguments) come from
+    :class:`~pypicloud_tx.backends._aws.AWSCredentialOptions`."""
 
-    # Credentials and endpoint (boto3 session/client arguments).
-    aws_access_key_id: str | None = option(as_str, default=None, doc="AWS access key id.")
-    aws_secret_access_key: str | None = option(as_str, default=None, doc="AWS secret key.")
-    aws_session_token: str | None = option(
-        as_str, default=None, doc="Session token of temporary credentials."
-    )
-    profile_name: str | None = option(
-        as_str, default=None, doc="Profile of the shared AWS credentials file."
-    )
+    # Endpoint (boto3 client arguments).
     endpoint_url: str | None = option(
         as_str, default=None, doc="S3 endpoint of MinIO, SeaweedFS, Ceph... (else AWS)."
     )
@@ -187,10 +195,6 @@ class S3Options(ObjectStorageOptions):
     signature_version: str | None = option(as_str, default=None, doc="e.g. s3v4.")
     user_agent: str | None = option(as_str, default=None, doc="HTTP User-Agent.")
     user_agent_extra: str | None = option(as_str, default=None, doc="Appended to User-Agent.")
-    connect_timeout: int = option(
-        as_positive_int, default=10, doc="Seconds to wait for a connection."
-    )
-    read_timeout: int = option(as_positive_int, default=60, doc="Seconds to wait for data.")
     parameter_validation: bool | None = option(
         as_bool, default=None, doc="Validate request parameters client-side."
     )
@@ -275,10 +279,7 @@ def make_client(options: S3Options) -> Any:
 
     :raises ConfigError: naming the option at fault.
     """
-    if (options.aws_access_key_id is None) != (options.aws_secret_access_key is None):
-        raise ConfigError(
-            "storage.aws_access_key_id and storage.aws_secret_access_key must be given together"
-        )
+    check_key_pair(options, "storage")
     if options.server_side_encryption not in (None, *SSE_VALUES):
         raise ConfigError(
             f"storage.server_side_encryption: {options.server_side_encryption!r} is not one "
@@ -299,20 +300,7 @@ def make_client(options: S3Options) -> Any:
         if value is not None:
             arguments[name] = value
     try:
-        session = boto3.session.Session(
-            aws_access_key_id=options.aws_access_key_id,
-            aws_secret_access_key=options.aws_secret_access_key,
-            aws_session_token=options.aws_session_token,
-            region_name=options.region_name,
-            profile_name=options.profile_name,
-        )
-        return session.client("s3", **arguments)
-    except ProfileNotFound:
-        raise ConfigError(
-            f"storage.profile_name: there is no AWS profile named {options.profile_name!r}"
-        ) from None
-    except ValueError as e:  # a malformed endpoint URL
-        raise ConfigError(f"storage.endpoint_url: {one_line(str(e))}") from None
+        return session_client("s3", "storage", options, options.region_name, **arguments)
     except BotoCoreError as e:
         raise ConfigError(f"storage: cannot make an S3 client: {one_line(str(e))}") from None
 
@@ -358,11 +346,7 @@ class S3Storage(ObjectStorage):
                 "storage.region_name to the bucket's region"
             )
         return {
-            "layout": Layout(options.prefix, options.prepend_hash),
-            "run": runtime.threads(POOL_NAME, POOL_SIZE),
-            "redirect_urls": options.redirect_urls,
-            "public_url": options.public_url,
-            "expire_after": options.expire_after,
+            **cls.option_arguments(options, runtime),
             "conditional": options.conditional_put,
             "client": client,
             "bucket": options.bucket,
@@ -395,7 +379,7 @@ class S3Storage(ObjectStorage):
             raise unavailable(f"S3 request failed: {type(e).__name__}: {e}") from e
 
     def _client_error(self, e: ClientError) -> Exception:
-        code = _code(e) or str(_status(e))
+        code = error_code(e) or str(_status(e))
         bucket = self.bucket
         if _is(e, _NO_BUCKET):
             return unavailable(f"The S3 bucket {bucket!r} does not exist: check storage.bucket.")
@@ -414,8 +398,7 @@ class S3Storage(ObjectStorage):
                 f"The S3 bucket {bucket!r} is in another region ({code}): set "
                 "storage.region_name to its region."
             )
-        message = e.response.get("Error", {}).get("Message", "")
-        return unavailable(f"S3 answered {code} for the bucket {bucket!r}: {message}")
+        return unavailable(f"S3 answered {code} for the bucket {bucket!r}: {error_message(e)}")
 
     # -- vendor calls ------------------------------------------------------------------------
 
@@ -437,9 +420,9 @@ class S3Storage(ObjectStorage):
         try:
             self.client.create_bucket(**arguments)
         except ClientError as e:
-            if _code(e) == "BucketAlreadyOwnedByYou":
+            if error_code(e) == "BucketAlreadyOwnedByYou":
                 return  # another process made it first
-            if _code(e) == "BucketAlreadyExists":
+            if error_code(e) == "BucketAlreadyExists":
                 raise unavailable(
                     f"The S3 bucket name {self.bucket!r} belongs to another account: choose "
                     "another storage.bucket."
@@ -464,7 +447,7 @@ class S3Storage(ObjectStorage):
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as e:
             if _is(e, _MISSING):
-                raise NotFound(f"{key} is not in the bucket.") from None
+                raise self._missing(key) from None
             raise
         return ObjectInfo(
             key=key,
@@ -474,14 +457,23 @@ class S3Storage(ObjectStorage):
             metadata=head.get("Metadata") or {},
         )
 
-    def _v_read(self, key: str) -> bytes:
+    def _get_object(self, key: str, **arguments: Any) -> dict[str, Any]:
+        """``GetObject`` of ``key``: :class:`NotFound` if absent, an :class:`OSError` if an
+        ``IfMatch`` in ``arguments`` fails (the object was replaced)."""
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            response: dict[str, Any] = self.client.get_object(
+                Bucket=self.bucket, Key=key, **arguments
+            )
         except ClientError as e:
             if _is(e, _MISSING):
-                raise NotFound(f"{key} is not in the bucket.") from None
+                raise self._missing(key) from None
+            if "IfMatch" in arguments and _is(e, _PRECONDITION_FAILED):
+                raise OSError(f"{key} was replaced while it was being read") from None
             raise
-        body = response["Body"]
+        return response
+
+    def _v_read(self, key: str) -> bytes:
+        body = self._get_object(key)["Body"]
         try:
             return body.read()  # type: ignore[no-any-return]
         finally:
@@ -491,16 +483,10 @@ class S3Storage(ObjectStorage):
         arguments = dict(self.put_args)
         if if_absent:
             arguments["IfNoneMatch"] = "*"
-        try:
+        with _creating(key, if_absent, probing=True):
             self.client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **arguments
             )
-        except ClientError as e:
-            if if_absent and _is(e, _TAKEN):
-                raise ObjectExists(key) from None
-            if if_absent and _is(e, _UNSUPPORTED):
-                raise ConditionalUnsupported(key) from None
-            raise
 
     def _v_upload(
         self,
@@ -522,20 +508,13 @@ class S3Storage(ObjectStorage):
             reader.finish()
             if if_absent:
                 arguments["IfNoneMatch"] = "*"
-            try:
+            with _creating(key, if_absent):
                 response = self.client.put_object(
                     Bucket=self.bucket, Key=key, Body=data, **arguments
                 )
-            except ClientError as e:
-                if if_absent and _is(e, _TAKEN):
-                    raise ObjectExists(key) from None
-                raise
             return normalise_etag(response.get("ETag"))
         if if_absent:
-            # Not the decision (the completion is), but spares uploading a doomed large file.
-            with contextlib.suppress(NotFound):
-                self._v_head(key)
-                raise ObjectExists(key)
+            self._refuse_taken(key)  # the completion decides
         return self._multipart(key, reader, arguments, if_absent)
 
     def _multipart(
@@ -557,14 +536,10 @@ class S3Storage(ObjectStorage):
             completion: dict[str, Any] = {"MultipartUpload": {"Parts": parts}}
             if if_absent:
                 completion["IfNoneMatch"] = "*"
-            try:
+            with _creating(key, if_absent):
                 response = self.client.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id, **completion
                 )
-            except ClientError as e:
-                if if_absent and _is(e, _TAKEN):
-                    raise ObjectExists(key) from None
-                raise
         except BaseException:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
@@ -584,14 +559,7 @@ class S3Storage(ObjectStorage):
             arguments["Range"] = f"bytes={start}-"
         if etag:
             arguments["IfMatch"] = f'"{etag}"'
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key, **arguments)
-        except ClientError as e:
-            if _is(e, _MISSING):
-                raise NotFound(f"{key} is not in the bucket.") from None
-            if etag and _is(e, frozenset({"PreconditionFailed", "412"})):
-                raise OSError(f"{key} was replaced while it was being read") from None
-            raise
+        response = self._get_object(key, **arguments)
         size = int(response["ContentLength"])
         content_range = response.get("ContentRange")
         if content_range and "/" in content_range:
