@@ -32,8 +32,11 @@ from pypicloud_tx.backends.cache import redis as redis_module
 from pypicloud_tx.backends.cache.memo import MemoizedCache
 from pypicloud_tx.backends.cache.redis import (
     KEY_LAYOUT,
+    SCRIPT_KEYS,
+    SCRIPT_MAX_ARGS,
     RedisCache,
     RedisURL,
+    _build,
     parse_redis_url,
 )
 from pypicloud_tx.config.options import parse_options
@@ -416,6 +419,35 @@ class GenerationTests(RedisTestCase):
         for key in data:
             self.assertEqual(await conn.ttl(key), -1, key)
         self.assertEqual(await cache.distinct(), ["new"])
+
+    @_coroutine_test
+    async def test_full_reload_of_many_projects_and_a_huge_one(self) -> None:
+        """A full reload writes its keys through scripts, many keys per script, and a project
+        too big for one script's arguments as plain commands: every file, summary and name
+        arrives, and no key of the new generation expires."""
+        prefix = self.new_prefix()
+        cache = await self.started(prefix=prefix)
+        many = [make_file(f"p{i:03d}", "1.0") for i in range(SCRIPT_KEYS * 2 + 7)]
+        # Two fields per file in the project's files hash: more arguments than a script takes.
+        huge = [make_file("huge", f"1.{i}") for i in range(SCRIPT_MAX_ARGS // 2 + 10)]
+        build = _build(cache._keys, "g", many + huge)
+        scripts = [c for c in build.commands if c[0] == "EVAL"]
+        plain = [c for c in build.commands if c[0] != "EVAL"]
+        self.assertGreater(len(scripts), 2)
+        self.assertLess(len(build.commands), len(build.keys))
+        self.assertEqual([c[0] for c in plain], ["HSET", "EXPIRE"])
+        await cache.reload_from_storage(many + huge, False)
+        self.assertEqual(len(await cache.distinct()), len(many) + 1)
+        self.assertEqual(len(await cache.all("huge")), len(huge))
+        self.assertEqual(len(await cache.all("p123")), 1)
+        summaries = {s.name: s for s in await cache.summary()}
+        self.assertEqual(summaries["huge"].stable, f"1.{len(huge) - 1}")
+        conn = await self.raw()
+        gen = await conn.get(prefix + "gen")
+        keys = [k for k in await keys_under(conn, prefix) if gen in k]
+        self.assertEqual(len(keys), len(many) * 3 + len(huge) + 2 + 1)
+        for key in keys[:: max(1, len(keys) // 50)] + [k for k in keys if "huge" in k][:5]:
+            self.assertEqual(await conn.ttl(key), -1, key)
 
     @_coroutine_test
     async def test_readers_see_old_generation_until_switch(self) -> None:

@@ -97,6 +97,12 @@ BATCH_SIZE = 500
 PROJECTS_PER_READ = 20
 #: Seconds the keys of a generation being built live if the build never finishes.
 BUILD_TTL = 3600
+#: Keys per script of a full reload's writes, and the most arguments one write may have to go
+#: through a script (more go as plain commands).
+SCRIPT_KEYS = 100
+SCRIPT_MAX_ARGS = 1000
+#: Commands (mostly scripts) a full reload has in flight at once.
+BUILD_COMMANDS_IN_FLIGHT = 20
 #: Transactions retried when another process changed the same project meanwhile.
 MAX_ATTEMPTS = 20
 #: Seconds between attempts to rebuild a pool whose credentials were refused.
@@ -365,6 +371,26 @@ class _ReportingEndpoint:
 # objects or strings, never as empty Lua tables (which cjson writes as {}).
 
 # KEYS[1] = P gen; ARGV[1] = P; ARGV[2] = filename.  -> record JSON or nil
+# ARGV[1] = seconds; then, per key of KEYS: n, a command, its n - 1 arguments.  Runs each
+# command on its key and gives the key that expiry.  A full reload sends its writes through this
+# in groups: one round trip of the client per group instead of two commands per key.
+_WRITE_EXPIRING = """
+local pos = 2
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[pos])
+  redis.call(ARGV[pos + 1], key, unpack(ARGV, pos + 2, pos + n))
+  redis.call('EXPIRE', key, ARGV[1])
+  pos = pos + n + 1
+end
+return #KEYS
+"""
+
+# KEYS: keys of the new generation, kept for good from now on.
+_PERSIST = """
+for _, key in ipairs(KEYS) do redis.call('PERSIST', key) end
+return #KEYS
+"""
+
 _FETCH = """
 local g = redis.call('GET', KEYS[1])
 if not g then return false end
@@ -586,14 +612,10 @@ def _build(keys: _Keys, gen: str, files: Iterable[PackageFile]) -> _Build:
     by_name: dict[str, dict[str, PackageFile]] = {}
     for f in latest_per_filename(files).values():
         by_name.setdefault(f.name, {})[f.filename] = f
-    commands: list[tuple[Any, ...]] = []
-    made: list[str] = []
+    writes: list[tuple[str, str, tuple[Any, ...]]] = []
 
     def make(command: str, key: str, *args: Any) -> None:
-        # Until the switch, every key expires: a build that dies half-way cleans up after
-        # itself.
-        commands.extend([(command, key, *args), ("EXPIRE", key, BUILD_TTL)])
-        made.append(key)
+        writes.append((command, key, args))
 
     for name, group in by_name.items():
         for filename, f in group.items():
@@ -606,7 +628,37 @@ def _build(keys: _Keys, gen: str, files: Iterable[PackageFile]) -> _Build:
         make("HSET", keys.summary(gen, name), *_summary_fields(summary))
     if by_name:
         make("SADD", keys.names(gen), *sorted(by_name))
-    return _Build(commands, made, sum(len(group) for group in by_name.values()))
+    return _Build(
+        _expiring(writes), [key for _, key, _ in writes], sum(len(g) for g in by_name.values())
+    )
+
+
+def _expiring(writes: Sequence[tuple[str, str, tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+    """Commands that make each of ``writes`` ``(command, key, arguments)`` and give its key
+    :data:`BUILD_TTL` (until the switch every key expires, so a build that dies half-way
+    cleans up after itself): groups of them in one :data:`_WRITE_EXPIRING` script each; a
+    write with very many arguments (a project with thousands of files) on its own, as Lua's
+    ``unpack`` takes a few thousand values at most."""
+    commands: list[tuple[Any, ...]] = []
+    keys: list[str] = []
+    argv: list[Any] = [BUILD_TTL]
+
+    def flush() -> None:
+        if keys:
+            commands.append(("EVAL", _WRITE_EXPIRING, len(keys), *keys, *argv))
+            keys.clear()
+            del argv[1:]
+
+    for command, key, args in writes:
+        if len(args) > SCRIPT_MAX_ARGS:
+            commands.extend([(command, key, *args), ("EXPIRE", key, BUILD_TTL)])
+            continue
+        if len(keys) >= SCRIPT_KEYS or len(argv) + len(args) > SCRIPT_MAX_ARGS * 4:
+            flush()
+        keys.append(key)
+        argv.extend([len(args) + 1, command, *args])
+    flush()
+    return commands
 
 
 # -- the cache ----------------------------------------------------------------------------------
@@ -921,7 +973,10 @@ class RedisCache:
             t = await pool.watch([keys.gen])
             try:
                 old = await t.get(keys.gen)
-                commands: list[tuple[Any, ...]] = [("PERSIST", k) for k in made]
+                commands: list[tuple[Any, ...]] = [
+                    ("EVAL", _PERSIST, len(group), *group)
+                    for group in batches(made, SCRIPT_KEYS * 5)
+                ]
                 commands.append(("SET", keys.gen, gen) if gen else ("DEL", keys.gen))
                 commands += _bump_version(keys)
                 await t.multi()
@@ -982,7 +1037,7 @@ class RedisCache:
         # Told in files: the share of the generation's commands sent so far.
         tally = Tally(progress, build.count)
         sent = 0
-        for batch in batches(build.commands, BATCH_SIZE):
+        for batch in batches(build.commands, BUILD_COMMANDS_IN_FLIGHT):
 
             async def write(pool: Any, batch: Sequence[tuple[Any, ...]] = batch) -> None:
                 await _gather([pool.execute_command(*c) for c in batch])
