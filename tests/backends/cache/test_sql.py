@@ -211,6 +211,41 @@ class PostgreSQLTests(VersionTokenChecks, ICacheConformance, SynchronousSQLCase)
         self.assertEqual(self.successResultOf(cache.distinct()), ["pkg"])
 
 
+class VersionReaderTests(SynchronousSQLCase):
+    """The change counter's own connection on PostgreSQL: it comes back after the server drops
+    it, and a database that is gone is a BackendUnavailable."""
+
+    def setUp(self) -> None:
+        PostgreSQLTests.setUp(self)  # type: ignore[arg-type]
+
+    new_schema_url = PostgreSQLTests.new_schema_url
+    _drop_schemas = PostgreSQLTests._drop_schemas
+
+    def test_reconnects_after_the_server_drops_it(self) -> None:
+        cache = self.started(self.new_schema_url().render_as_string(hide_password=False))
+        self.successResultOf(cache.save(make_file()))
+        before = self.successResultOf(cache.version_token())
+        with self.admin.connect() as conn:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query LIKE 'SELECT changes FROM ppc_cache_version%' "
+                    "AND pid <> pg_backend_pid() AND datname = current_database()"
+                )
+            ).scalars()
+            self.assertTrue(any(killed))
+        self.assertEqual(self.successResultOf(cache.version_token()), before)
+        self.successResultOf(cache.save(make_file(version="2.0")))
+        self.assertNotEqual(self.successResultOf(cache.version_token()), before)
+
+    def test_unreachable(self) -> None:
+        url = f"postgresql://ppc:s3cretpassw0rd@127.0.0.1:{closed_port()}/ppc?connect_timeout=3"
+        cache = build(url)
+        failure = self.failureResultOf(cache.version_token(), BackendUnavailable)
+        self.assertIn("the cache database is unreachable", failure.value.message)
+        self.assertNotIn("s3cretpassw0rd", failure.value.message)
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (bound once, then released)."""
     with socket.socket() as s:

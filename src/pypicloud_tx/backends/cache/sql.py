@@ -16,6 +16,7 @@ import datetime as _dt
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from pypicloud_tx.backends._sql import (
     is_memory_sqlite,
     open_engine,
     run_on_engine,
+    unavailable,
 )
 from pypicloud_tx.backends._threads import RunBlocking
 from pypicloud_tx.backends.cache._reload import (
@@ -151,6 +153,55 @@ def upsert_statement(dialect: str) -> sa.Insert:
     )
 
 
+class VersionReader:
+    """Reads the change counter of a network database on one connection of its own.
+
+    The token is read once per page, so its cost counts: a plain DB-API cursor on an
+    autocommit connection (one round trip, no transaction, no SQL compiled) costs a third of
+    a pooled SQLAlchemy transaction.  The connection is held apart from the pool, used by one
+    thread at a time, and replaced once when it fails (the server restarted, say).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+        self._sql = f"SELECT changes FROM {version_table.name}"
+
+    def read(self) -> object | None:
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    if self._conn is None:
+                        conn = self._engine.connect()
+                        self._conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                    cursor = self._conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                    try:
+                        cursor.execute(self._sql)
+                        row = cursor.fetchone()
+                    finally:
+                        cursor.close()
+                    return None if row is None else row[0]
+                except Exception as e:
+                    self._drop(invalidate=True)
+                    if attempt == 2:
+                        raise unavailable(self._engine, e, "the cache database") from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop(invalidate=False)
+
+    def _drop(self, invalidate: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            if invalidate:
+                conn.invalidate()
+            conn.close()
+
+
 @implementer(ICache)
 @attrs.define
 class SQLCache:
@@ -174,6 +225,10 @@ class SQLCache:
     _lock: contextlib.AbstractContextManager[Any] = attrs.field(
         alias="lock", factory=contextlib.nullcontext
     )
+    _versions: VersionReader = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._versions = VersionReader(self._engine)
 
     @classmethod
     def from_config(cls, options: SQLCache.Options, runtime: Runtime) -> SQLCache:
@@ -181,7 +236,8 @@ class SQLCache:
 
         :raises ConfigError: for an unreadable URL or a missing database driver.
         """
-        engine, lock = open_engine(options.url, "db.url", THREADS)
+        # One connection more than threads: the change counter keeps one of its own.
+        engine, lock = open_engine(options.url, "db.url", THREADS + 1)
         return cls(engine=engine, run=runtime.threads("db", THREADS), lock=lock)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -191,8 +247,13 @@ class SQLCache:
         return self._run(self._blocking, self._create_tables)
 
     def stop(self) -> Deferred[None]:
-        """Close every pooled connection."""
-        return self._run(self._engine.dispose)
+        """Close every pooled connection (and the change counter's)."""
+
+        def close() -> None:
+            self._versions.close()
+            self._engine.dispose()
+
+        return self._run(close)
 
     def _create_tables(self, engine: Engine) -> None:
         drop_orphaned_sqlite_journal(engine.url)
@@ -368,10 +429,7 @@ class SQLCache:
             if is_memory_sqlite(self._engine.url):
                 return succeed(None)
 
-            def read(conn: Connection) -> object | None:
-                return conn.execute(sa.select(version_table.c.changes)).scalar_one_or_none()
-
-            return self._transaction(read)
+            return self._run(self._versions.read)
         token: list[tuple[int, int, int, int] | None] = []
         for name in (path, path + "-wal"):
             try:
