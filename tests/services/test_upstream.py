@@ -145,6 +145,17 @@ class PageTests(ClientCase):
         self.assertEqual(len(self.upstream.requests), 4)
         for d in pending[:2]:
             self.failureResultOf(d, UpstreamTimeout)
+        # Every fetch ends: none is left waiting for a slot or an answer (an abandoned
+        # coroutine, freed by the garbage collector later, would fail another test).
+        self.clock.advance(5)
+        self.stub.flush()
+        self.assertEqual(len(self.upstream.requests), 5)
+        for d in pending[2:4]:
+            self.failureResultOf(d, UpstreamTimeout)
+        self.clock.advance(5)
+        self.stub.flush()
+        self.failureResultOf(pending[4], UpstreamTimeout)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_credentials(self) -> None:
         """Credentials in the upstream URL go as Basic auth to that host and never appear in
